@@ -1,0 +1,249 @@
+"""Run configuration: presets (plain TOML files), `--set key=value` overrides, validation.
+
+A config has four sections. ``task``, ``model`` and ``learner`` name a registered component
+and carry its hyper-parameters (the component's own dataclass); ``train`` holds the
+meta-training loop's settings (:class:`TrainConfig`). Every value is checked on the way in,
+so a typo fails with a one-line :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .registry import LEARNERS, MODELS, TASKS, Registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _field(default, metadata: dict):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(default):
+    """A dataclass field that must be > 0 (each element, for a list)."""
+    return _field(default, {"check": "positive"})
+
+
+def nonnegative(default):
+    """A dataclass field that must be >= 0."""
+    return _field(default, {"check": "nonnegative"})
+
+
+def choice(default, options: tuple):
+    """A dataclass field whose value must be one of ``options``."""
+    return _field(default, {"check": "choice", "options": options})
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the shared meta-training loop (train.py)."""
+
+    iterations: int = positive(2000)
+    meta_batch: int = positive(25)
+    lr: float = positive(1e-3)  # outer (meta) learning rate beta, Adam
+    lr_schedule: str = choice("constant", ("constant", "step", "linear"))
+    lr_step: int = positive(2000)  # "step": multiply lr by lr_gamma every lr_step iterations
+    lr_gamma: float = positive(0.5)
+    grad_clip: float = nonnegative(0.0)  # 0 = off
+    eval_every: int = nonnegative(500)  # validation every N iterations; 0 = only at the end
+    eval_tasks: int = positive(100)  # validation tasks per evaluation
+    test_tasks: int = positive(600)  # held-out tasks of the final report
+    eval_batch: int = positive(50)  # tasks per evaluation batch
+    checkpoint_every: int = positive(500)
+    log_every: int = positive(50)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = choice("float32", ("float32", "float64"))
+    task_chunk: int = nonnegative(0)  # tasks per backward pass; 0 = the whole meta-batch at once
+
+
+SECTIONS: dict[str, Registry] = {"task": TASKS, "model": MODELS, "learner": LEARNERS}
+
+
+@dataclass
+class Component:
+    """A registered component chosen by name, with its validated hyper-parameters."""
+
+    name: str
+    hp: Any
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self.hp)}
+
+
+@dataclass
+class Config:
+    task: Component
+    model: Component
+    learner: Component
+    train: TrainConfig
+    description: str = ""
+    preset: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "preset": self.preset,
+            "description": self.description,
+            "task": self.task.to_dict(),
+            "model": self.model.to_dict(),
+            "learner": self.learner.to_dict(),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def save(self, path: Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check ``value`` against annotation ``tp`` (int, float, bool, str, X | None, list[X])."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    if origin is list:
+        if isinstance(value, str):
+            value = _parse_literal(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list like [40, 40], got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if isinstance(value, str) and tp is not str:
+        value = _parse_literal(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a component declared an unsupported type
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _parse_literal(text: str) -> Any:
+    """Parse a --set value as a TOML literal (1e-3, true, [40, 40], "x"); else keep the text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check(key: str, value: Any, meta) -> None:
+    kind = meta.get("check")
+    values = value if isinstance(value, list) else [value]
+    if kind == "positive" and any(v <= 0 for v in values):
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+    if kind == "nonnegative" and any(v < 0 for v in values):
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if kind == "choice" and value not in meta["options"]:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, meta['options']))}")
+
+
+def build_dataclass(cls: type, values: dict, prefix: str):
+    """Instantiate ``cls`` from ``values``, type-checking each key; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        allowed = ", ".join(fields) or "(none)"
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; allowed keys of {prefix}: {allowed}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        kwargs[name] = _coerce(key, value, hints[name])
+        _check(key, kwargs[name], fields[name].metadata)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    root = resources.files("metagrad") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict:
+    path = resources.files("metagrad") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())} (see `metagrad presets`)")
+    data = tomllib.loads(path.read_text())
+    data["preset"] = name
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a raw (unvalidated) config dict."""
+    raw = json.loads(json.dumps(raw))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.iterations=500")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] not in (*SECTIONS, "train"):
+            raise ConfigError(
+                f"--set {key!r}: expected section.key with section one of task, model, learner, train"
+            )
+        section, name = parts
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def resolve(raw: dict) -> Config:
+    """Validate a raw config dict (from a preset, overrides or a saved run) into a :class:`Config`."""
+    unknown = sorted(set(raw) - {"task", "model", "learner", "train", "description", "preset"})
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}; allowed: task, model, learner, train")
+    parts = {}
+    for section, registry in SECTIONS.items():
+        values = dict(raw.get(section, {}))
+        if "name" not in values:
+            raise ConfigError(f"{section}.name is missing; allowed: {', '.join(registry.names())}")
+        name = str(values.pop("name"))
+        entry = registry.get(name)
+        parts[section] = Component(name, build_dataclass(entry.hparams, values, section))
+    train = build_dataclass(TrainConfig, dict(raw.get("train", {})), "train")
+    return Config(
+        train=train, description=str(raw.get("description", "")), preset=str(raw.get("preset", "")), **parts
+    )
+
+
+def load_config(preset: str, overrides: list[str] = ()) -> Config:
+    return resolve(apply_overrides(load_preset(preset), list(overrides)))

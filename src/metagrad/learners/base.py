@@ -1,0 +1,78 @@
+"""The meta-learner protocol every learner shares (see docs/architecture.md).
+
+    base = learner.adapt(support_x, support_y)   # inner level: [B, S, ...] -> a base learner
+    pred = base(query_x)                         # [B, Q, ...] -> [B, Q, n_outputs]
+    loss, stats = learner.meta_loss(batch)       # outer level: mean query loss over tasks
+
+The training loop only calls ``accumulate_meta_grad`` (which fills ``.grad`` of the
+meta-parameters), ``eval_predictions`` and ``headline``; nothing in it knows which learner runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..tasks.batch import TaskBatch
+
+BaseLearner = Callable[[Tensor], Tensor]
+
+
+def task_loss(kind: str, pred: Tensor, y: Tensor) -> Tensor:
+    """Loss of one task's predictions. pred [N, out]; y [N] labels or [N, D] targets -> scalar."""
+    if kind == "classification":
+        return F.cross_entropy(pred, y)
+    return F.mse_loss(pred, y)
+
+
+def task_metric(kind: str, pred: Tensor, y: Tensor) -> Tensor:
+    """Accuracy (classification) or mean squared error (regression), per task.
+    pred [..., N, out]; y [..., N] or [..., N, D] -> [...]."""
+    if kind == "classification":
+        return (pred.argmax(-1) == y).to(pred.dtype).mean(-1)
+    return (pred - y).square().mean(dim=(-2, -1))
+
+
+def metric_name(kind: str) -> str:
+    return "accuracy" if kind == "classification" else "mse"
+
+
+class MetaLearner(nn.Module):
+    """Base class. Subclasses implement ``adapt``; gradient-free learners may keep the default
+    ``meta_loss`` (mean query loss of the adapted base learner, differentiated by autograd)."""
+
+    #: key of ``eval_predictions`` that summaries report first
+    headline: str = "adapted"
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in ("classification", "regression"):
+            raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
+        self.kind = kind
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Mean loss over tasks and queries. pred [B, Q, out]; y [B, Q] or [B, Q, D] -> scalar."""
+        return task_loss(self.kind, pred.flatten(0, 1), y.flatten(0, 1))
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> BaseLearner:
+        raise NotImplementedError("abstract: each learner defines adapt")
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean query loss over the batch (differentiable in the meta-parameters) and stats."""
+        pred = self.adapt(batch.support_x, batch.support_y)(batch.query_x)
+        loss = self.loss(pred, batch.query_y)
+        return loss, {"loss": loss.detach(), metric_name(self.kind): task_metric(self.kind, pred.detach(), batch.query_y).mean()}
+
+    def accumulate_meta_grad(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, Tensor]:
+        """Add ``weight`` x the meta-gradient of ``batch`` to each meta-parameter's ``.grad``."""
+        loss, stats = self.meta_loss(batch)
+        (loss * weight).backward()
+        return stats
+
+    @torch.no_grad()
+    def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """Query predictions [B, Q, out] under each evaluation setting, keyed by a label."""
+        return {self.headline: self.adapt(batch.support_x, batch.support_y)(batch.query_x)}

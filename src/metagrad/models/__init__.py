@@ -1,0 +1,7 @@
+"""Backbones: plain nn.Modules, usable functionally (torch.func.functional_call)."""
+
+from .conv4 import Conv4, Conv4Config
+from .mlp import MLPConfig
+from .norm import BatchNorm
+
+__all__ = ["BatchNorm", "Conv4", "Conv4Config", "MLPConfig"]

@@ -1,0 +1,48 @@
+"""Name -> (factory, hyper-parameter dataclass) tables for tasks, models and learners.
+
+A component registers itself with a decorator in its own module; configs refer to it by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    hparams: type
+    summary: str
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, hparams: type):
+        def deco(factory):
+            doc = (factory.__doc__ or "").strip().splitlines()
+            self._entries[name] = Entry(name, factory, hparams, doc[0] if doc else "")
+            return factory
+
+        return deco
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._entries))}"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+TASKS = Registry("task")
+MODELS = Registry("model")
+LEARNERS = Registry("learner")

@@ -1,0 +1,65 @@
+"""TaskBatch — the one tensor layout every learner consumes — and the task-source protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TaskBatch:
+    """B tasks of identical shape, stacked along a leading task dimension.
+
+    support_x: [B, S, *input_shape]    support_y: [B, S] class labels (long) or [B, S, D] targets
+    query_x:   [B, Q, *input_shape]    query_y:   [B, Q] or [B, Q, D]
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device=None, dtype=None) -> "TaskBatch":
+        """Move to ``device``; cast floating-point tensors to ``dtype`` (labels keep theirs)."""
+
+        def move(t: Tensor) -> Tensor:
+            t = t.to(device, non_blocking=True)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        return TaskBatch(*(move(getattr(self, f.name)) for f in fields(self)))
+
+    def __getitem__(self, index) -> "TaskBatch":
+        """Select tasks: ``batch[2:5]`` is a TaskBatch of 3 tasks."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TaskBatch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def chunks(self, size: int) -> list["TaskBatch"]:
+        """Split into consecutive TaskBatches of at most ``size`` tasks."""
+        return [self[i : i + size] for i in range(0, len(self), size)]
+
+    @staticmethod
+    def cat(batches: list["TaskBatch"]) -> "TaskBatch":
+        return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))
+
+
+class TaskSource(Protocol):
+    """Where tasks come from.
+
+    ``kind`` is "regression" or "classification"; ``input_shape`` the shape of one example;
+    ``n_outputs`` the model's output width (D for regression, N ways for classification).
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """Draw ``batch_size`` tasks; the same generator state always gives the same tasks."""
+        ...
