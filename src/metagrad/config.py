@@ -53,8 +53,9 @@ class TrainConfig:
 
     iterations: int = positive(2000)
     meta_batch: int = positive(25)
-    lr: float = positive(1e-3)  # outer (meta) learning rate beta, Adam
-    lr_schedule: str = choice("constant", ("constant", "step", "linear"))
+    optimizer: str = choice("adam", ("adam", "sgd"))  # outer optimizer
+    lr: float = positive(1e-3)  # outer (meta) learning rate beta
+    lr_schedule: str = choice("constant", ("constant", "step", "linear"))  # linear: lr -> 0 at the end
     lr_step: int = positive(2000)  # "step": multiply lr by lr_gamma every lr_step iterations
     lr_gamma: float = positive(0.5)
     grad_clip: float = nonnegative(0.0)  # 0 = off

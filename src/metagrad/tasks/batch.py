@@ -49,6 +49,23 @@ class TaskBatch:
         return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model must know about a task family; saved in checkpoints so that a trained
+    learner can be rebuilt without its training data."""
+
+    kind: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+
+    @staticmethod
+    def of(source) -> "TaskSpec":
+        return TaskSpec(source.kind, tuple(source.input_shape), int(source.n_outputs))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "input_shape": list(self.input_shape), "n_outputs": self.n_outputs}
+
+
 class TaskSource(Protocol):
     """Where tasks come from.
 

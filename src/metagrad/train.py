@@ -1,0 +1,252 @@
+"""The meta-training loop — one loop for every learner.
+
+    for it in range(start, iterations):
+        batch = train_tasks.sample(local meta-batch, generator seeded by (seed, rank, it))
+        meta_step(learner, optimizer, batch)     # accumulate_meta_grad per task chunk, all-reduce
+        log / validate / checkpoint               # rank 0 only
+
+Seeding each iteration's generator from (seed, rank, iteration) makes a resumed run draw
+exactly the tasks the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .build import build_learner, build_task
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import Config, TrainConfig, resolve
+from .distributed import DistContext, all_reduce_grads, broadcast_object, init_from_env
+from .errors import ConfigError
+from .evaluate import Estimate, evaluate
+from .io import atomic_write_text
+from .learners.base import MetaLearner
+from .logger import MetricLogger
+from .tasks.batch import TaskBatch, TaskSpec
+
+VAL_SEED = 1001
+TEST_SEED = 2002
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    return device
+
+
+def iteration_generator(seed: int, rank: int, iteration: int) -> torch.Generator:
+    """The task stream of one rank at one iteration."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + iteration) * 1009 + rank) % (2**63))
+
+
+def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+    optimizer = opt_cls(params, lr=cfg.lr)
+    if cfg.lr_schedule == "step":
+        factor = lambda it: cfg.lr_gamma ** (it // cfg.lr_step)  # noqa: E731
+    elif cfg.lr_schedule == "linear":
+        factor = lambda it: max(0.0, 1.0 - it / cfg.iterations)  # noqa: E731
+    else:
+        factor = lambda it: 1.0  # noqa: E731
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def meta_step(
+    learner: MetaLearner,
+    optimizer: torch.optim.Optimizer,
+    batch: TaskBatch,
+    total_tasks: int,
+    task_chunk: int = 0,
+    grad_clip: float = 0.0,
+    ctx: DistContext = DistContext(),
+) -> dict[str, torch.Tensor]:
+    """One outer step on this rank's ``batch`` (a share of ``total_tasks`` over all ranks).
+
+    Each chunk of ``task_chunk`` tasks is back-propagated and freed before the next, so peak
+    memory scales with the chunk, not the meta-batch. Returns this rank's mean stats.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    chunks = batch.chunks(task_chunk) if task_chunk else [batch]
+    stats: dict[str, torch.Tensor] = {}
+    for chunk in chunks:
+        part = learner.accumulate_meta_grad(chunk, weight=len(chunk) / total_tasks)
+        for k, v in part.items():
+            stats[k] = stats.get(k, 0.0) + v * (len(chunk) / len(batch))
+    params = [p for p in learner.parameters() if p.requires_grad]
+    all_reduce_grads(params, ctx)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return stats
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM (e.g. a scheduler stopping the job) like Ctrl-C, so a checkpoint is written."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_resume_config(cfg: Config, saved: dict) -> None:
+    """A run directory may only be resumed with its own config (iterations may be extended)."""
+    new, old = cfg.to_dict(), json.loads(json.dumps(saved))
+    new["train"].pop("iterations"), old["train"].pop("iterations", None)
+    for section in ("task", "model", "learner", "train"):
+        if new[section] != old.get(section):
+            raise ConfigError(
+                f"the run directory holds a run with a different {section} config; "
+                "resume it without --preset/--set (only train.iterations may change), or choose another --out"
+            )
+
+
+def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
+    """Meta-train ``cfg`` in ``run_dir`` (resuming from its checkpoint if there is one).
+
+    Returns the report: final test-set estimates per evaluation key, timing and paths.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    dtype = getattr(torch, cfg.train.dtype)
+    ctx = init_from_env(device)
+    tc = cfg.train
+
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        _check_resume_config(cfg, state["config"])
+
+    train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
+    learner = build_learner(cfg, train_tasks).to(device, dtype)
+    optimizer, scheduler = make_optimizer(tc, learner.parameters())
+    start = 0
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["iteration"])
+        if ctx.is_main:
+            log(f"resuming {run_dir} from iteration {start}")
+
+    def checkpoint(iteration: int) -> None:
+        if ctx.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "iteration": iteration,
+                    "config": cfg.to_dict(),
+                    "learner": learner.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "task_spec": TaskSpec.of(train_tasks).to_dict(),
+                },
+            )
+
+    def validate(iteration: int) -> dict[str, Estimate]:
+        est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype)
+        if ctx.is_main:
+            logger.log(iteration, "val", {k.replace(" ", "_"): e.mean for k, e in est.items()})
+        return est
+
+    logger = None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        logger = MetricLogger(run_dir, start)
+    local = ctx.local_tasks(tc.meta_batch)
+    t0 = time.time()
+    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
+    iteration = start
+    try:
+        with sigterm_as_interrupt():
+            running: dict[str, torch.Tensor] = {}
+            for iteration in range(start, tc.iterations):
+                batch = train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)).to(device, dtype)
+                stats = meta_step(learner, optimizer, batch, tc.meta_batch, tc.task_chunk, tc.grad_clip, ctx)
+                scheduler.step()
+                for k, v in stats.items():
+                    running[k] = running.get(k, 0.0) + v
+                done = iteration + 1
+                bar.update(1)
+                if done % tc.log_every == 0 or done == tc.iterations:
+                    n = tc.log_every if done % tc.log_every == 0 else done % tc.log_every
+                    values = {k: float(v) / n for k, v in running.items()}
+                    running = {}
+                    if ctx.is_main:
+                        logger.log(done, "train", {**values, "lr": scheduler.get_last_lr()[0]})
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
+                if tc.eval_every and done % tc.eval_every == 0 and done < tc.iterations:
+                    validate(done)
+                if done % tc.checkpoint_every == 0 or done == tc.iterations:
+                    checkpoint(done)
+            iteration = tc.iterations
+    except KeyboardInterrupt:
+        checkpoint(iteration)
+        bar.close()
+        if logger is not None:
+            logger.close()
+        raise
+    bar.close()
+    train_seconds = time.time() - t0
+
+    validate(tc.iterations)
+    test_tasks = build_task(cfg, "test")
+    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype)
+    report = {
+        "run_dir": str(run_dir),
+        "preset": cfg.preset,
+        "iterations": tc.iterations,
+        "resumed_from": start,
+        "train_seconds": round(train_seconds, 2),
+        "device": str(device),
+        "world_size": ctx.world,
+        "headline": learner.headline,
+        "test": {k: e.to_dict() for k, e in est.items()},
+    }
+    if ctx.is_main:
+        logger.log(tc.iterations, "test", {k.replace(" ", "_"): e.mean for k, e in est.items()})
+        logger.close()
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        from .plots import make_run_plots
+
+        report["plots"] = [str(p) for p in make_run_plots(run_dir, learner, test_tasks, device, dtype)]
+    return broadcast_object(report, ctx)
+
+
+def load_run(path: Path, overrides: list[str] = (), map_location="cpu") -> tuple[Config, MetaLearner, dict]:
+    """A run directory or checkpoint file -> (config, learner with trained weights, raw state)."""
+    from .config import apply_overrides
+
+    state = load_checkpoint(path, map_location=map_location)
+    cfg = resolve(apply_overrides(state["config"], list(overrides)))
+    learner = build_learner(cfg, TaskSpec(**state["task_spec"]))
+    try:
+        learner.load_state_dict(state["learner"])
+    except RuntimeError as e:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint weights do not fit the configured model: {str(e).splitlines()[0]}") from None
+    return cfg, learner, state

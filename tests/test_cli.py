@@ -1,0 +1,171 @@
+"""The command line as a user runs it: happy paths, every bad input, interruption and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from metagrad.checkpoint import load_checkpoint
+from metagrad.cli import main
+
+FAST = ["--set", "train.iterations=60", "--set", "train.test_tasks=20", "--set", "train.eval_tasks=10", "--set", "train.eval_every=30", "--set", "train.checkpoint_every=20", "--set", "train.log_every=10", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_presets_lists_names_with_descriptions(capsys):
+    code, out, _ = run_cli(capsys, "presets")
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    for name in ("maml-sine", "fomaml-sine", "sine-quick"):
+        assert name in lines and len(lines[name]) > 20
+
+
+def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--out", str(out_dir), *FAST)
+    assert code == 0, err
+    assert "1 step" in out and "mse" in out and str(out_dir) in out
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "report.json", "training_curve.png", "sine_fit.png"):
+        assert (out_dir / name).is_file(), name
+    assert any((out_dir / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((out_dir / "config.json").read_text())["learner"]["name"] == "maml"
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert (out_dir / "sine_fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    code, out, _ = run_cli(capsys, "eval", str(out_dir), "--episodes", "30", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["metric"] == "mse" and result["episodes"] == 30 and result["ci95"] > 0
+    assert {r["setting"] for r in result["results"]} >= {"0 steps", "1 step", "10 steps"}
+    code, out, _ = run_cli(capsys, "eval", str(out_dir / "checkpoint.pt"), "--episodes", "10")
+    assert code == 0 and "10 steps" in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--set", "learner.inner_lrr=0.1"], "unknown key learner.inner_lrr"),
+        (["train", "--set", "train.iterations=ten"], "train.iterations: expected int, got 'ten'"),
+        (["train", "--set", "learner.inner_lr=0"], "learner.inner_lr must be > 0"),
+        (["train", "--set", "learner.inner_lr=-0.5"], "learner.inner_lr must be > 0"),
+        (["train", "--set", "learner.inner_steps=0"], "learner.inner_steps must be > 0"),
+        (["train", "--set", "train.meta_batch=0"], "train.meta_batch must be > 0"),
+        (["train", "--set", "train.lr=-1"], "train.lr must be > 0"),
+        (["train", "--set", "learner.executor=gpu"], "allowed: vmap, loop"),
+        (["train", "--set", "iterations=5"], "expected section.key"),
+        (["train", "--set", "learner.name=nope"], "unknown learner 'nope'"),
+    ],
+)
+def test_bad_config_input_is_one_line_with_status_2(capsys, tmp_path, argv, needle):
+    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "nowhere"))
+    assert code == 2 and "no checkpoint at" in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    code, _, err = run_cli(capsys, "eval", str(bad))
+    assert code == 2 and "not a readable metagrad checkpoint" in err and "Traceback" not in err
+    torch.save({"weights": torch.zeros(2)}, bad)
+    code, _, err = run_cli(capsys, "eval", str(bad))
+    assert code == 2 and "not a metagrad checkpoint" in err
+
+
+def test_checkpoint_with_code_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "config": {}, "x": Evil()}, path)
+    code, _, err = run_cli(capsys, "eval", str(path))
+    assert code == 2 and not (tmp_path / "pwned").exists()
+
+
+def test_bad_episodes_flag(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path), "--episodes", "0"])
+    assert e.value.code == 2
+    assert "--episodes must be > 0" in capsys.readouterr().err
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--set", "train.test_tasks=10", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=25", "--quiet"]
+    assert run_cli(capsys, "train", "--out", str(straight), "--set", "train.iterations=50", *common)[0] == 0
+    assert run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=25", *common)[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=50")
+    assert code == 0 and "resuming" in err and "from iteration 25" in err
+    a, b = load_checkpoint(straight), load_checkpoint(split)
+    assert b["iteration"] == 50
+    for k in a["learner"]:
+        assert torch.equal(a["learner"][k], b["learner"][k]), k
+    rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    iters = [r["iteration"] for r in rows if r["split"] == "train"]
+    assert iters == sorted(iters) and len(iters) == len(set(iters))
+
+
+def test_resume_with_a_different_preset_is_refused(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(out_dir), *FAST)[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--preset", "fomaml-sine")
+    assert code == 2 and "different learner config" in err
+
+
+def test_killed_training_process_resumes_from_its_checkpoint(tmp_path):
+    out_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metagrad", "train", "--out", str(out_dir), "--quiet",
+           "--set", "train.iterations=100000", "--set", "train.checkpoint_every=50", "--set", "train.eval_every=0",
+           "--set", "train.test_tasks=20"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (out_dir / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    reached = load_checkpoint(out_dir)["iteration"]
+    assert reached >= 50
+    finish = subprocess.run(
+        [sys.executable, "-m", "metagrad", "train", "--out", str(out_dir), "--quiet", "--set", f"train.iterations={reached + 50}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert finish.returncode == 0, finish.stderr
+    assert f"from iteration {reached}" in finish.stderr
+    assert load_checkpoint(out_dir)["iteration"] == reached + 50
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+    out_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metagrad", "train", "--out", str(out_dir), "--quiet",
+           "--set", "train.iterations=100000", "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=0",
+           "--set", "train.log_every=10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out_dir / "metrics.jsonl").exists() or not (out_dir / "metrics.jsonl").read_text():
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Resume with: metagrad train --out" in err
+    assert load_checkpoint(out_dir)["iteration"] > 0

@@ -1,0 +1,160 @@
+"""MAML's meta-gradient against independent computations: an explicit Hessian, the
+first-order formula, the per-task loop, and central finite differences (all float64)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metagrad.learners.maml import MAML, MAMLConfig
+from metagrad.models.conv4 import Conv4, Conv4Config
+from metagrad.models.mlp import MLPConfig, make_mlp
+from metagrad.models.norm import BatchNorm
+from metagrad.tasks import Sinusoid, TaskBatch
+
+ALPHA = 0.05
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def sine_batch(n_tasks=3, seed=0) -> TaskBatch:
+    return Sinusoid().sample(n_tasks, torch.Generator().manual_seed(seed)).to(dtype=torch.float64)
+
+
+def maml(model, steps, first_order=False, executor="vmap", kind="regression"):
+    return MAML(MAMLConfig(inner_lr=ALPHA, inner_steps=steps, first_order=first_order, executor=executor), model, kind)
+
+
+def meta_grad(learner, batch) -> torch.Tensor:
+    learner.zero_grad()
+    learner.accumulate_meta_grad(batch)
+    return torch.cat([p.grad.reshape(-1) for p in learner.parameters()])
+
+
+def flat_losses(model):
+    """L(theta_vector, x, y) for the model's parameters flattened into one vector."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(vec, x, y):
+        params = {n: t.view(s) for n, t, s in zip(names, vec.split(sizes), shapes)}
+        return ((functional_call(model, params, (x,)) - y) ** 2).mean()
+
+    return theta, loss
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_meta_gradient_equals_explicit_hessian_formula(steps):
+    model = tiny_model()
+    batch = sine_batch()
+    theta, loss = flat_losses(model)
+    eye = torch.eye(theta.numel(), dtype=torch.float64)
+    expected = []
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        factor, p = eye, theta
+        for _ in range(steps):  # d theta_{k+1} / d theta_k = I - alpha * H_train(theta_k)
+            hess = torch.func.hessian(loss)(p, sx, sy)
+            factor = factor @ (eye - ALPHA * hess)
+            p = p - ALPHA * torch.func.grad(loss)(p, sx, sy)
+        expected.append(factor @ torch.func.grad(loss)(p, qx, qy))
+    expected = torch.stack(expected).mean(0)
+    got = meta_grad(maml(model, steps), batch)
+    assert torch.linalg.norm(got - expected) / torch.linalg.norm(expected) <= 1e-8
+
+
+def test_first_order_drops_the_hessian_term():
+    model = tiny_model()
+    batch = sine_batch()
+    theta, loss = flat_losses(model)
+    expected = []
+    for i in range(len(batch)):
+        adapted = theta - ALPHA * torch.func.grad(loss)(theta, batch.support_x[i], batch.support_y[i])
+        expected.append(torch.func.grad(loss)(adapted, batch.query_x[i], batch.query_y[i]))
+    expected = torch.stack(expected).mean(0)
+    first = meta_grad(maml(model, 1, first_order=True), batch)
+    second = meta_grad(maml(model, 1), batch)
+    assert torch.linalg.norm(first - expected) / torch.linalg.norm(expected) <= 1e-10
+    assert torch.linalg.norm(first - second) / torch.linalg.norm(second) > 1e-3
+
+
+def bn_mlp():
+    torch.manual_seed(1)
+    return make_mlp(MLPConfig(hidden=[16, 16], batch_norm=True), (1,), 1).double()
+
+
+def bn_conv():
+    torch.manual_seed(2)
+    return Conv4(Conv4Config(channels=8, blocks=2, downsample="max"), 1, 3).double()
+
+
+def image_batch(n_tasks=3, ways=3, shots=2, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_tasks, 2 * ways * shots, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.arange(ways).repeat_interleave(shots).repeat(n_tasks, 2)
+    s = ways * shots
+    return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize(
+    "make_model,make_batch,kind",
+    [(tiny_model, sine_batch, "regression"), (bn_mlp, sine_batch, "regression"), (bn_conv, image_batch, "classification")],
+    ids=["mlp", "mlp-batchnorm", "conv-batchnorm"],
+)
+def test_vectorised_executor_equals_per_task_loop(steps, make_model, make_batch, kind):
+    batch = make_batch()
+    grads = {}
+    for executor in ("vmap", "loop"):
+        grads[executor] = meta_grad(maml(make_model(), steps, executor=executor, kind=kind), batch)
+    rel = torch.linalg.norm(grads["vmap"] - grads["loop"]) / torch.linalg.norm(grads["loop"])
+    assert rel <= 1e-10
+
+
+def test_primitive_batchnorm_matches_torch_batch_statistics():
+    x = torch.randn(6, 4, 5, 5, dtype=torch.float64)
+    bn = BatchNorm(4).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    ref = torch.nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+    assert torch.allclose(bn(x), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_central_finite_differences(first_order):
+    model = tiny_model()
+    batch = sine_batch()
+    learner = maml(model, 2, first_order=first_order)
+    grad = meta_grad(learner, batch)
+    params = list(learner.parameters())
+    g = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for _ in range(3):
+        direction = torch.randn(grad.numel(), generator=g, dtype=torch.float64)
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                offset = 0
+                for p in params:
+                    p.add_(sign * eps * direction[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+            values.append(learner.meta_loss(batch)[0].item())
+            with torch.no_grad():
+                offset = 0
+                for p in params:
+                    p.sub_(sign * eps * direction[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+        fd = (values[0] - values[1]) / (2 * eps)
+        analytic = (grad @ direction).item()
+        if first_order:
+            # FOMAML is not the gradient of the meta-loss: it must differ from finite differences
+            continue
+        assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic))
+    if first_order:
+        assert abs(fd - analytic) > 1e-6 * max(1.0, abs(analytic))
