@@ -2,5 +2,6 @@
 
 from .batch import TaskBatch, TaskSource
 from .sinusoid import Sinusoid, SinusoidConfig
+from . import folder, omniglot  # noqa: F401,E402  (registers "omniglot" and "folder")
 
 __all__ = ["TaskBatch", "TaskSource", "Sinusoid", "SinusoidConfig"]

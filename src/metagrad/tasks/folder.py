@@ -1,0 +1,192 @@
+"""A user's own images: one sub-folder per class.
+
+    PATH/<class name>/<image files>        e.g. PATH/cat/001.jpg, PATH/dog/a.png
+
+Any file Pillow reads with one of :data:`IMAGE_EXTENSIONS` counts (hidden files and folders
+are skipped, other files ignored). Each image is turned upright by its EXIF orientation,
+flattened onto white if it has transparency, converted to ``channels`` (1 = grayscale,
+3 = RGB) and resized to ``image_size`` x ``image_size`` with Pillow's LANCZOS filter — the
+aspect ratio is not kept, so crop beforehand if that matters. Images are decoded on every
+load (no cache).
+
+Splits for meta-training are class-disjoint, as few-shot evaluation requires: the sorted
+class names are shuffled with a fixed seed (0), the first ``round(test_fraction * classes)``
+go to "test", the next ``round(val_fraction * classes)`` to "val", the rest to "train".
+
+The ``adapt`` command's helpers: :func:`load_support_folder`, :func:`load_query_folder`,
+:func:`check_class_count`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from ..config import choice, nonnegative, positive
+from ..errors import ConfigError, DataError
+from ..registry import TASKS
+from .images import EpisodeSampler, ImageClassDataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+SPLIT_SEED = 0
+
+
+@dataclass
+class FolderConfig:
+    path: str = ""  # folder with one sub-folder of images per class
+    ways: int = positive(5)
+    shots: int = positive(1)
+    queries: int = positive(1)  # query images per class
+    image_size: int = positive(28)
+    channels: int = choice(1, (1, 3))
+    val_fraction: float = nonnegative(0.2)  # share of the classes held out for "val"
+    test_fraction: float = nonnegative(0.2)  # share of the classes held out for "test"
+
+    def validate(self):
+        if not self.path:
+            raise ConfigError("task.path is empty; set it to a folder holding one sub-folder of images per class")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"task.val_fraction + task.test_fraction must be < 1 to leave training classes, "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
+
+
+def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """One image file as uint8 [channels, image_size, image_size]; DataError naming the file if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+            im = im.convert("L" if channels == 1 else "RGB")
+            im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) for bad files
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _existing_dir(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{what} {path} does not exist or is not a folder")
+    return path
+
+
+def class_folders(root: str | Path) -> list[Path]:
+    """The class sub-folders of ``root``, sorted by name; DataError if there are none."""
+    root = _existing_dir(root, "image folder")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise DataError(f"{root} has no class sub-folders; expected one sub-folder of images per class")
+    return dirs
+
+
+def _read_all(files: list[Path], image_size: int, channels: int, desc: str) -> torch.Tensor:
+    """uint8 [len(files), C, S, S]."""
+    out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
+    for i, f in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 500)):
+        out[i] = read_image(f, image_size, channels)
+    return torch.from_numpy(out)
+
+
+def load_class_folders(
+    dirs: list[Path], image_size: int = 28, channels: int = 1, min_images: int = 1, need: str = ""
+) -> ImageClassDataset:
+    """Images of the given class folders (class name = folder name), images uint8 [N, C, S, S].
+
+    Every folder must hold at least ``min_images`` images; ``need`` says why in the error.
+    """
+    files, labels = [], []
+    for c, d in enumerate(dirs):
+        found = image_files(d)
+        if len(found) < min_images:
+            raise DataError(
+                f"class folder {d} has {len(found)} images, fewer than {need or min_images}; "
+                f"image files end in {', '.join(IMAGE_EXTENSIONS)}"
+            )
+        files += found
+        labels += [c] * len(found)
+    images = _read_all(files, image_size, channels, f"reading {dirs[0].parent}")
+    return ImageClassDataset(
+        images, torch.tensor(labels, dtype=torch.long), [d.name for d in dirs], [str(f) for f in files]
+    )
+
+
+def load_support_folder(path: str | Path, image_size: int = 28, channels: int = 1, shots: int = 1) -> ImageClassDataset:
+    """A labelled support set: ``path/<class>/<images>`` -> images uint8 [N, C, S, S], labels long [N].
+
+    Labels follow the sorted class-folder names (``class_names``); each class needs at least
+    ``shots`` images.
+    """
+    return load_class_folders(class_folders(path), image_size, channels, shots, need=f"the {shots} shots requested")
+
+
+@dataclass
+class QueryImages:
+    """Unlabelled images to predict: images uint8 [M, C, S, S], their files, and the class
+    sub-folder each came from (None for an image directly in the query folder)."""
+
+    images: torch.Tensor
+    paths: list[str]
+    classes: list[str | None]
+
+
+def load_query_folder(path: str | Path, image_size: int = 28, channels: int = 1) -> QueryImages:
+    """Images directly in ``path`` and in its class sub-folders (one level), loose files first."""
+    root = _existing_dir(path, "query folder")
+    files: list[Path] = image_files(root)
+    classes: list[str | None] = [None] * len(files)
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = image_files(d)
+        files += found
+        classes += [d.name] * len(found)
+    if not files:
+        raise DataError(f"query folder {root} holds no images (files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    return QueryImages(_read_all(files, image_size, channels, f"reading {root}"), [str(f) for f in files], classes)
+
+
+def check_class_count(n_classes: int, n_outputs: int, what: str = "the support folder") -> None:
+    """DataError unless ``n_classes`` matches a classifier head with ``n_outputs`` outputs."""
+    if n_classes != n_outputs:
+        raise DataError(
+            f"{what} has {n_classes} classes but the model was meta-trained for {n_outputs}-way tasks; "
+            f"give it exactly {n_outputs} class sub-folders"
+        )
+
+
+def split_class_folders(dirs: list[Path], val_fraction: float, test_fraction: float) -> dict[str, list[Path]]:
+    """Class-disjoint "train"/"val"/"test" folders (fixed-seed shuffle of the sorted folders)."""
+    perm = torch.randperm(len(dirs), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    shuffled = [dirs[i] for i in perm]
+    n_test, n_val = round(test_fraction * len(dirs)), round(val_fraction * len(dirs))
+    parts = {"test": shuffled[:n_test], "val": shuffled[n_test : n_test + n_val], "train": shuffled[n_test + n_val :]}
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+@TASKS.register("folder", FolderConfig)
+def make_folder(cfg: FolderConfig, split: str) -> EpisodeSampler:
+    """N-way K-shot tasks over your own images: PATH/<class>/<images>, class-disjoint splits."""
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown split {split!r}; allowed: train, val, test")
+    dirs = split_class_folders(class_folders(cfg.path), cfg.val_fraction, cfg.test_fraction)[split]
+    if not dirs:
+        raise DataError(
+            f"the {split} split of {cfg.path} has no classes; add class folders or raise task.{split}_fraction"
+            if split != "train"
+            else f"{cfg.path}: no classes left for training; lower task.val_fraction / task.test_fraction"
+        )
+    data = load_class_folders(dirs, cfg.image_size, cfg.channels)
+    return EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, name=f"the {split} split of {cfg.path}")

@@ -1,0 +1,140 @@
+"""Class-indexed image datasets and the vectorised N-way K-shot episode sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, DataError
+from .batch import TaskBatch
+
+
+@dataclass
+class ImageClassDataset:
+    """Images held in memory, indexed by class.
+
+    images: uint8 [N, C, H, W] (0..255)    labels: long [N] in 0..len(class_names)-1
+    class_names: one name per class; paths: optional source file of each image.
+    Classes may hold different numbers of images.
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    paths: list[str] | None = None
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels must be [N={len(self.images)}], got {tuple(self.labels.shape)}")
+        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.class_names):
+            raise ValueError(f"labels must lie in 0..{len(self.class_names) - 1}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> Tensor:
+        """Images per class, long [n_classes]."""
+        return torch.bincount(self.labels, minlength=self.n_classes)
+
+
+def as_float(images: Tensor) -> Tensor:
+    """uint8 images -> float32 in [0, 1], same shape."""
+    return images.to(torch.float32).mul_(1.0 / 255.0)
+
+
+def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Tensor:
+    """``rows`` independent uniformly random ordered k-subsets of 0..n-1, long [rows, k].
+
+    Floyd's algorithm vectorised over rows (k small steps, O(rows·k²) work independent of n),
+    then a random permutation of each subset.
+    """
+    out = torch.empty(rows, k, dtype=torch.long)
+    for j, m in enumerate(range(n - k, n)):
+        t = torch.randint(m + 1, (rows,), generator=generator)
+        out[:, j] = torch.where((out[:, :j] == t[:, None]).any(1), m, t)
+    return out.gather(1, torch.rand(rows, k, generator=generator).argsort(dim=1))
+
+
+class EpisodeSampler:
+    """N-way K-shot classification tasks drawn from an :class:`ImageClassDataset`.
+
+    Each task picks ``ways`` distinct classes uniformly at random and gives them the labels
+    0..N-1 in random order; from each class it draws ``shots + queries`` distinct images
+    (support and query never share an image), then shuffles the order of the examples in the
+    support and in the query set. :meth:`sample` returns
+
+        support_x float32 [B, N*K, C, H, W] in [0, 1]    support_y long [B, N*K] in 0..N-1
+        query_x   float32 [B, N*Q, C, H, W] in [0, 1]    query_y   long [B, N*Q]
+
+    All randomness comes from the generator passed to :meth:`sample` and the whole batch is
+    drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
+    with B·N·(largest class size) for the choice of images within each class.
+    """
+
+    kind = "classification"
+
+    def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset"):
+        if ways > dataset.n_classes:
+            raise ConfigError(
+                f"task.ways={ways} is more than the {dataset.n_classes} classes of {name}; "
+                f"allowed: 1..{dataset.n_classes}"
+            )
+        counts = dataset.counts()
+        need = shots + queries
+        short = torch.nonzero(counts < need).flatten()
+        if len(short):
+            c = int(short[0])
+            raise DataError(
+                f"class {dataset.class_names[c]!r} of {name} has {int(counts[c])} images, fewer than "
+                f"task.shots + task.queries = {shots} + {queries}; {len(short)} class(es) are that small"
+            )
+        self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
+        self.input_shape = tuple(dataset.images.shape[1:])
+        self.n_outputs = ways
+        self._counts = counts
+        self._order = torch.argsort(dataset.labels, stable=True)  # image ids grouped by class
+        self._starts = torch.cumsum(counts, 0) - counts  # first position of each class in _order
+        self._max_count = int(counts.max())
+
+    def to(self, device) -> "EpisodeSampler":
+        """Keep the images on ``device`` (e.g. a GPU) so batches are gathered there."""
+        self.dataset.images = self.dataset.images.to(device)
+        return self
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Image ids and labels of a batch: support ids/labels [B, N*K], query ids/labels [B, N*Q]."""
+        B, N, K, Q = batch_size, self.ways, self.shots, self.queries
+        # A random ordered subset of N classes per task; label j is the class in column j.
+        classes = random_subsets(B, len(self._counts), N, generator)
+        # K+Q distinct positions inside each chosen class (padding beyond a class's size never wins).
+        scores = torch.rand(B, N, self._max_count, generator=generator, dtype=torch.float64)
+        scores.masked_fill_(torch.arange(self._max_count) >= self._counts[classes][..., None], -1.0)
+        pos = scores.argsort(dim=-1, descending=True)[..., : K + Q]  # [B, N, K+Q]
+        ids = self._order[self._starts[classes][..., None] + pos]
+        labels = torch.arange(N).view(1, N, 1).expand(B, N, K + Q)
+
+        def shuffled(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            i, y = i.reshape(B, -1), y.reshape(B, -1)
+            perm = torch.rand(i.shape, generator=generator).argsort(dim=1)
+            return i.gather(1, perm), y.gather(1, perm)
+
+        return (*shuffled(ids[..., :K], labels[..., :K]), *shuffled(ids[..., K:], labels[..., K:]))
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """Draw ``batch_size`` tasks; the same generator state always gives the same tasks."""
+        s_ids, s_y, q_ids, q_y = self.sample_indices(batch_size, generator)
+        images = self.dataset.images
+        dev = images.device
+
+        def gather(ids: Tensor) -> Tensor:  # index_select is much faster than images[ids] on CPU
+            return as_float(images.index_select(0, ids.flatten().to(dev)).view(*ids.shape, *self.input_shape))
+
+        return TaskBatch(gather(s_ids), s_y.to(dev), gather(q_ids), q_y.to(dev))

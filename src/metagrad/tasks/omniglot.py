@@ -1,0 +1,314 @@
+"""Omniglot (Lake et al. 2015): archives, download, preprocessing cache, splits, episodes.
+
+Files live in ``<data_dir>/omniglot/``, where ``data_dir`` is ``task.data_dir``, else the
+environment variable ``METAGRAD_DATA``, else ``~/.cache/metagrad``. Missing canonical
+archives (``images_background.zip``, ``images_evaluation.zip``) are downloaded from the
+authors' repository (base URL overridable with ``METAGRAD_OMNIGLOT_URL``) and accepted only
+with the canonical md5. Archives that are already there need not match it (re-packed copies
+are common): they are checked structurally instead (``<top>/<alphabet>/<character>/*.png``,
+20 images of 105x105 per character). PNGs are read straight from the zip; no entry is ever
+extracted, and entry names that would point outside the archive's folder are refused.
+
+Each archive is preprocessed once into ``<cache_dir>/<archive stem>.<size>px.pt`` (cache_dir
+defaults to the archive's folder): every drawing converted to grayscale, resized to
+``image_size`` with Pillow's LANCZOS filter (as the MAML reference code), inverted so strokes
+are bright (ink = 255, background = 0), stored as uint8 [characters, 20, size, size]. The cache
+records the archive's size and modification time, so a replaced archive is preprocessed again.
+
+Splits (every split's classes are characters, times four rotations when ``rotate``):
+
+* ``vinyals`` — Vinyals et al. 2016 as used by MAML and Prototypical Networks, pooling both
+  archives: train 1028 / val 172 / test 423 characters (4112 / 688 / 1692 classes;
+  train+val = 1200 characters, 4800 classes). The character lists ship with metagrad
+  (``metagrad/data/vinyals_*.txt``, from jakesnell/prototypical-networks, MIT licence in
+  ``vinyals_LICENSE.txt``; one line per character, every character takes all four rotations).
+* ``lake`` — the original background/evaluation split: test = the evaluation archives; the
+  background archives give val = the five alphabets the Vinyals split validates on
+  (Armenian, Bengali, Early_Aramaic, Hebrew, Mkhedruli_(Georgian): 172 characters) and
+  train = the other 25 (792 characters).
+
+``train_on="trainval"`` trains on train+val (the MAML paper's 1200 characters); the "val"
+split is then made of training classes, so its accuracy is optimistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import re
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..config import choice, positive
+from ..errors import ConfigError, DataError
+from ..io import atomic_write
+from ..registry import TASKS
+from .images import EpisodeSampler, ImageClassDataset
+
+DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+MD5 = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+DRAWINGS = 20  # drawings per character
+ORIGINAL_SIZE = 105
+ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise, as Pillow's Image.rotate
+LAKE_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
+CACHE_FORMAT = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class OmniglotConfig:
+    ways: int = positive(5)
+    shots: int = positive(1)
+    queries: int = positive(1)  # query images per class
+    split_scheme: str = choice("vinyals", ("vinyals", "lake"))
+    train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
+    rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
+    image_size: int = positive(28)
+    data_dir: str | None = None  # archives in <data_dir>/omniglot/; None: $METAGRAD_DATA or ~/.cache/metagrad
+    cache_dir: str | None = None  # preprocessed tensors; None: beside the archives
+    download: bool = True  # fetch missing canonical archives
+    # archive files (relative to <data_dir>/omniglot/, or absolute) pooled into each set
+    background_archives: list[str] = field(default_factory=lambda: ["images_background.zip"])
+    evaluation_archives: list[str] = field(default_factory=lambda: ["images_evaluation.zip"])
+
+    def validate(self):
+        if self.shots + self.queries > DRAWINGS:
+            raise ConfigError(
+                f"task.shots + task.queries = {self.shots} + {self.queries} exceeds the {DRAWINGS} "
+                "drawings of each Omniglot character"
+            )
+        for key in ("background_archives", "evaluation_archives"):
+            if not getattr(self, key):
+                raise ConfigError(f"task.{key} is empty; name at least one archive file")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_data_dir() -> Path:
+    """``$METAGRAD_DATA``, else ``~/.cache/metagrad``."""
+    return Path(os.environ.get("METAGRAD_DATA") or Path.home() / ".cache" / "metagrad").expanduser()
+
+
+def omniglot_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding the Omniglot archives: ``<data_dir>/omniglot``."""
+    return (Path(data_dir).expanduser() if data_dir else default_data_dir()) / "omniglot"
+
+
+def download_archive(name: str, root: Path, url: str | None = None, md5: str | None = None) -> Path:
+    """Download canonical archive ``name`` into ``root``, verify its md5, return its path.
+
+    ``url`` is the base URL (default ``$METAGRAD_OMNIGLOT_URL``, else the authors' repository);
+    ``md5`` defaults to ``MD5[name]``. The file appears only when complete and verified.
+    """
+    base = url or os.environ.get("METAGRAD_OMNIGLOT_URL") or DEFAULT_URL
+    src = base.rstrip("/") + "/" + name
+    expected = md5 or MD5[name]
+    dest = Path(root) / name
+
+    def fetch(tmp: Path) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with urllib.request.urlopen(src, timeout=60) as resp, open(tmp, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
+                    while chunk := resp.read(1 << 16):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise DataError(f"could not download {src}: {e}; place {name} in {root} yourself") from None
+        if digest.hexdigest() != expected:
+            raise DataError(
+                f"downloaded {name} from {src} has md5 {digest.hexdigest()}, expected {expected}; nothing was saved"
+            )
+
+    try:
+        atomic_write(dest, fetch)
+    except OSError as e:
+        raise DataError(f"could not save {dest}: {e}") from None
+    return dest
+
+
+def _archive_path(name: str, root: Path, download: bool) -> Path:
+    path = root / name
+    if path.is_file():
+        return path
+    if name not in MD5:
+        raise DataError(f"Omniglot archive {path} is missing (only {', '.join(MD5)} can be downloaded)")
+    if not download:
+        raise DataError(f"Omniglot archive {path} is missing; set task.download=true or place it there")
+    return download_archive(name, root)
+
+
+# --------------------------------------------------------------------------- archive -> tensors
+
+
+def _entry_parts(entry: str, archive: Path) -> tuple[str, ...]:
+    """Path components of a zip entry; refuses entries that would land outside the archive's folder."""
+    parts = PurePosixPath(entry.replace("\\", "/")).parts
+    if entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
+        raise DataError(f"{archive}: unsafe entry {entry!r} (absolute path or '..'); refusing to read this archive")
+    return parts
+
+
+def read_archive(path: Path, image_size: int) -> tuple[list[str], torch.Tensor]:
+    """Decode an Omniglot archive: (character names "Alphabet/characterNN", uint8 [chars, 20, S, S]).
+
+    Images are grayscale, resized with Pillow LANCZOS and inverted (ink = 255).
+    """
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: not a readable zip archive ({e}); delete it and fetch it again") from None
+    with zf:
+        chars: dict[str, list[zipfile.ZipInfo]] = {}
+        for info in zf.infolist():
+            parts = _entry_parts(info.filename, path)
+            leaf = parts[-1] if parts else ""
+            if info.is_dir() or not leaf.endswith(".png") or leaf.startswith(".") or parts[0] == "__MACOSX":
+                continue
+            if len(parts) != 4:
+                raise DataError(
+                    f"{path}: not an Omniglot archive: expected <top>/<alphabet>/<character>/<image>.png, "
+                    f"got {info.filename!r}"
+                )
+            chars.setdefault(f"{parts[1]}/{parts[2]}", []).append(info)
+        if not chars:
+            raise DataError(f"{path}: not an Omniglot archive: it holds no PNG images")
+        for name, infos in chars.items():
+            if len(infos) != DRAWINGS:
+                raise DataError(f"{path}: not an Omniglot archive: {name} has {len(infos)} PNGs, expected {DRAWINGS}")
+        names = sorted(chars)
+        out = np.empty((len(names), DRAWINGS, image_size, image_size), dtype=np.uint8)
+        with tqdm(total=len(names) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}") as bar:
+            for c, name in enumerate(names):
+                for d, info in enumerate(sorted(chars[name], key=lambda i: i.filename)):
+                    try:
+                        with Image.open(io.BytesIO(zf.read(info))) as im:
+                            if im.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+                                raise DataError(
+                                    f"{path}: not an Omniglot archive: {info.filename} is {im.size[0]}x{im.size[1]}, "
+                                    f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
+                                )
+                            small = im.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                        raise DataError(f"{path}: corrupt archive, entry {info.filename}: {e}") from None
+                    out[c, d] = 255 - np.asarray(small)
+                    bar.update()
+    return names, torch.from_numpy(out)
+
+
+def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> tuple[list[str], torch.Tensor]:
+    """:func:`read_archive` through the preprocessing cache (rebuilt when the archive changes)."""
+    st = path.stat()
+    key = {"format": CACHE_FORMAT, "archive_size": st.st_size, "archive_mtime_ns": st.st_mtime_ns,
+           "image_size": image_size, "filter": "lanczos"}
+    cache = (cache_dir or path.parent) / f"{path.stem}.{image_size}px.pt"
+    if cache.is_file():
+        try:
+            data = torch.load(cache, weights_only=True)
+            if data["key"] == key:
+                return data["characters"], data["images"]
+        except Exception:  # an unreadable cache is rebuilt
+            pass
+    names, images = read_archive(path, image_size)
+    try:
+        atomic_write(cache, lambda tmp: torch.save({"key": key, "characters": names, "images": images}, tmp))
+    except OSError as e:
+        warnings.warn(f"could not write the Omniglot cache {cache} ({e}); set task.cache_dir to a writable folder")
+    return names, images
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def vinyals_characters(split: str) -> list[str]:
+    """Characters ("Alphabet/characterNN") of the Vinyals split "train", "val", "test" or "trainval"."""
+    if split == "trainval":
+        return vinyals_characters("train") + vinyals_characters("val")
+    text = (resources.files("metagrad") / "data" / f"vinyals_{split}.txt").read_text()
+    return text.split()
+
+
+def _pool(cfg: OmniglotConfig, archives: list[str], root: Path) -> dict[str, torch.Tensor]:
+    """Character name -> uint8 [20, S, S] over the given archives."""
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
+    pool: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for name in archives:
+        path = _archive_path(name, root, cfg.download)
+        names, images = load_archive(path, cfg.image_size, cache_dir)
+        for ch, im in zip(names, images):
+            if ch in pool:
+                raise DataError(f"character {ch} is in both {origin[ch]} and {name}; pool archives without overlap")
+            pool[ch], origin[ch] = im, name
+    return pool
+
+
+def split_characters(cfg: OmniglotConfig, split: str) -> dict[str, torch.Tensor]:
+    """Character name -> uint8 [20, S, S] of ``split`` ("train", "val" or "test") under ``cfg``."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    parts = ["train", "val"] if split == "train" and cfg.train_on == "trainval" else [split]
+    root = omniglot_dir(cfg.data_dir)
+    if cfg.split_scheme == "vinyals":
+        pool = _pool(cfg, cfg.background_archives + cfg.evaluation_archives, root)
+        wanted = [c for p in parts for c in vinyals_characters(p)]
+        missing = [c for c in wanted if c not in pool]
+        if missing:
+            raise DataError(
+                f"the Vinyals {split} split needs {len(missing)} characters missing from the archives "
+                f"(e.g. {missing[0]}); it needs the full images_background.zip and images_evaluation.zip"
+            )
+        return {c: pool[c] for c in wanted}
+    if split == "test":
+        return _pool(cfg, cfg.evaluation_archives, root)
+    pool = _pool(cfg, cfg.background_archives, root)
+    return {c: im for c, im in pool.items() if ("val" if c.split("/")[0] in LAKE_VAL_ALPHABETS else "train") in parts}
+
+
+def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
+    """The classes of ``split`` as an :class:`ImageClassDataset`, images uint8 [classes*20, 1, S, S].
+
+    Classes are sorted by character name; with ``cfg.rotate`` each character gives four
+    classes "<character>/rot000" .. "/rot270" (counter-clockwise rotations).
+    """
+    chars = split_characters(cfg, split)
+    if not chars:
+        raise DataError(f"the Omniglot {cfg.split_scheme} {split} split has no characters in the given archives")
+    names = sorted(chars)
+    images = torch.stack([chars[n] for n in names])
+    rotations = ROTATIONS if cfg.rotate else (0,)
+    # [chars, R, 20, S, S]: counter-clockwise rotations, each its own class
+    images = torch.stack([torch.rot90(images, r // 90, dims=(-2, -1)) for r in rotations], dim=1)
+    class_names = [f"{n}/rot{r:03d}" if cfg.rotate else n for n in names for r in rotations]
+    n_classes = len(class_names)
+    return ImageClassDataset(
+        images.reshape(n_classes * DRAWINGS, 1, cfg.image_size, cfg.image_size),
+        torch.arange(n_classes).repeat_interleave(DRAWINGS),
+        class_names,
+    )
+
+
+@TASKS.register("omniglot", OmniglotConfig)
+def make_omniglot(cfg: OmniglotConfig, split: str) -> EpisodeSampler:
+    """Omniglot N-way K-shot character classification (Vinyals or Lake split, 28x28, rotations)."""
+    data = omniglot_dataset(cfg, split)
+    return EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, name=f"the Omniglot {cfg.split_scheme} {split} split")

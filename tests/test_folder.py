@@ -1,0 +1,177 @@
+"""A user's own image folders: loading, splits, episodes, the adapt helpers and bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metagrad.config import build_dataclass
+from metagrad.errors import ConfigError, DataError
+from metagrad.registry import TASKS
+from metagrad.tasks.folder import (
+    FolderConfig,
+    check_class_count,
+    load_query_folder,
+    load_support_folder,
+    make_folder,
+    read_image,
+    split_class_folders,
+)
+from metagrad.tasks.images import EpisodeSampler, ImageClassDataset
+
+MODES = ("L", "RGB", "RGBA", "P", "1")
+
+
+def save_image(path: Path, size: tuple[int, int], mode: str, value: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = Image.new("RGB", size, (value, 255 - value, value // 2))
+    (rgb.convert(mode) if mode != "RGBA" else rgb.convert("RGBA")).save(path)
+    return path
+
+
+def make_classes(root: Path, counts: dict[str, int]) -> Path:
+    """Class folders of PNG and JPEG images in assorted sizes and modes."""
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            size = (20 + 7 * i, 31 + 3 * c)
+            if i % 3 == 2:
+                save_image(root / name / f"img{i}.jpg", size, "RGB", 20 * c)
+            else:
+                save_image(root / name / f"img{i}.png", size, MODES[(i + c) % len(MODES)], 20 * c)
+    return root
+
+
+@pytest.fixture
+def classes(tmp_path) -> Path:
+    return make_classes(tmp_path / "classes", {f"class{c:02d}": 4 + c % 3 for c in range(10)})
+
+
+def test_support_folder_loads_every_class_sorted(classes):
+    (classes / "notes.txt").write_text("ignored")
+    (classes / "class00" / "README.md").write_text("ignored")
+    (classes / ".hidden").mkdir()
+    data = load_support_folder(classes, image_size=16, channels=3, shots=4)
+    assert data.class_names == [f"class{c:02d}" for c in range(10)]
+    assert data.images.shape == (sum(4 + c % 3 for c in range(10)), 3, 16, 16) and data.images.dtype == torch.uint8
+    assert torch.equal(data.counts(), torch.tensor([4 + c % 3 for c in range(10)]))
+    assert all(Path(p).parent.name == data.class_names[y] for p, y in zip(data.paths, data.labels))
+    gray = load_support_folder(classes, image_size=8, channels=1)
+    assert gray.images.shape[1:] == (1, 8, 8)
+
+
+def test_folder_task_splits_are_class_disjoint_and_sample(classes):
+    cfg = build_dataclass(FolderConfig, {"path": str(classes), "ways": 2, "shots": 2, "queries": 2}, "task")
+    sources = {s: make_folder(cfg, s) for s in ("train", "val", "test")}
+    names = {s: set(src.dataset.class_names) for s, src in sources.items()}
+    assert [len(names[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert names["train"] | names["val"] | names["test"] == {f"class{c:02d}" for c in range(10)}
+    assert not names["train"] & names["val"] and not names["train"] & names["test"] and not names["val"] & names["test"]
+    src = sources["train"]
+    assert (src.kind, src.input_shape, src.n_outputs) == ("classification", (1, 28, 28), 2)
+    b = src.sample(3, torch.Generator().manual_seed(0))
+    assert b.support_x.shape == (3, 4, 1, 28, 28) and b.query_x.shape == (3, 4, 1, 28, 28)
+    assert torch.equal(b.support_y.sort(dim=1).values, torch.tensor([[0, 0, 1, 1]] * 3))
+    again = make_folder(cfg, "train").sample(3, torch.Generator().manual_seed(0))
+    assert torch.equal(again.query_x, b.query_x)  # same folder, same seed -> same tasks
+    assert TASKS.get("folder").factory is make_folder and TASKS.get("folder").hparams is FolderConfig
+
+
+def test_split_rule(tmp_path):
+    dirs = [tmp_path / f"c{i}" for i in range(20)]
+    parts = split_class_folders(dirs, 0.1, 0.25)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [13, 2, 5]
+    assert parts == split_class_folders(dirs, 0.1, 0.25)  # deterministic
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == sorted(dirs)
+
+
+def test_unequal_class_sizes_sample_within_each_class():
+    counts = [2, 3, 50, 7]
+    labels = torch.arange(4).repeat_interleave(torch.tensor(counts))
+    data = ImageClassDataset(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), labels[torch.randperm(len(labels))],
+                             ["a", "b", "c", "d"])
+    src = EpisodeSampler(data, ways=4, shots=1, queries=1)
+    s_ids, s_y, q_ids, q_y = src.sample_indices(500, torch.Generator().manual_seed(0))
+    for ids, y in ((s_ids, s_y), (q_ids, q_y)):
+        per_task_class = data.labels[ids]
+        for t in range(500):  # each label is one class throughout the task
+            assert len({(int(a), int(b)) for a, b in zip(y[t], per_task_class[t])}) == 4
+    used = torch.cat([s_ids.flatten(), q_ids.flatten()]).unique()
+    assert len(used) == len(labels)  # every image of the big class is reachable, padding never is
+    message = r"class 'a' of dataset has 2 images, fewer than task.shots \+ task.queries = 2 \+ 1"
+    with pytest.raises(DataError, match=message):
+        EpisodeSampler(data, ways=2, shots=2, queries=1)
+
+
+def test_transparent_png_is_flattened_on_white(tmp_path):
+    im = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    im.putpixel((5, 5), (0, 0, 0, 255))
+    im.save(tmp_path / "t.png")
+    arr = read_image(tmp_path / "t.png", 10, 1)
+    assert arr.shape == (1, 10, 10) and arr[0, 0, 0] == 255 and arr[0, 5, 5] < 128
+
+
+def test_query_folder_flat_and_in_class_folders(tmp_path):
+    save_image(tmp_path / "q" / "b.png", (30, 30), "L", 10)
+    save_image(tmp_path / "q" / "a.jpg", (50, 20), "RGB", 200)
+    save_image(tmp_path / "q" / "cat" / "c.png", (12, 12), "RGBA", 100)
+    q = load_query_folder(tmp_path / "q", image_size=20, channels=3)
+    assert q.images.shape == (3, 3, 20, 20) and q.images.dtype == torch.uint8
+    assert [Path(p).name for p in q.paths] == ["a.jpg", "b.png", "c.png"] and q.classes == [None, None, "cat"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"query folder .*empty holds no images"):
+        load_query_folder(tmp_path / "empty")
+
+
+def test_fewer_images_than_shots(classes):
+    with pytest.raises(DataError, match=r"class folder .*class00 has 4 images, fewer than the 5 shots requested"):
+        load_support_folder(classes, shots=5)
+    cfg = FolderConfig(path=str(classes), ways=2, shots=4, queries=2, val_fraction=0, test_fraction=0)
+    with pytest.raises(DataError, match=r"class 'class00' of the train split .* has 4 images, fewer than"):
+        make_folder(cfg, "train")
+
+
+def test_unreadable_image_is_named(classes):
+    bad = classes / "class03" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DataError, match=rf"cannot read image {bad}"):
+        load_support_folder(classes)
+    truncated = classes / "class04" / "cut.jpg"
+    data = (classes / "class04" / "img2.jpg").read_bytes()
+    bad.unlink()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"cannot read image {truncated}"):
+        load_support_folder(classes)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match=rf"image folder {tmp_path / 'nope'} does not exist"):
+        load_support_folder(tmp_path / "nope")
+    with pytest.raises(DataError, match=rf"query folder {tmp_path / 'nope'} does not exist"):
+        load_query_folder(tmp_path / "nope")
+    (tmp_path / "flat").mkdir()
+    save_image(tmp_path / "flat" / "a.png", (5, 5), "L", 0)
+    with pytest.raises(DataError, match="has no class sub-folders"):
+        load_support_folder(tmp_path / "flat")
+    with pytest.raises(DataError, match="does not exist"):
+        make_folder(FolderConfig(path=str(tmp_path / "nope")), "train")
+
+
+def test_class_count_and_config_errors(classes):
+    check_class_count(5, 5)
+    with pytest.raises(DataError, match="the support folder has 3 classes but the model was meta-trained for 5-way"):
+        check_class_count(3, 5)
+    with pytest.raises(ConfigError, match="task.path is empty"):
+        build_dataclass(FolderConfig, {}, "task")
+    with pytest.raises(ConfigError, match="task.val_fraction \\+ task.test_fraction must be < 1"):
+        build_dataclass(FolderConfig, {"path": "x", "val_fraction": 0.5, "test_fraction": 0.5}, "task")
+    with pytest.raises(ConfigError, match="task.channels: 2 is not allowed; allowed: 1, 3"):
+        build_dataclass(FolderConfig, {"path": "x", "channels": 2}, "task")
+    with pytest.raises(ConfigError, match=r"task.ways=3 is more than the 2 classes of the val split"):
+        make_folder(FolderConfig(path=str(classes), ways=3), "val")
+    with pytest.raises(DataError, match="the val split of .* has no classes"):
+        make_folder(FolderConfig(path=str(classes), val_fraction=0), "val")
+    # decoded images keep their content: a uniform image stays uniform after resizing
+    arr = read_image(next((classes / "class05").glob("*.png")), 7, 1)
+    assert np.ptp(arr) <= 1

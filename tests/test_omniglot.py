@@ -1,0 +1,338 @@
+"""Omniglot on the real archives of ../shared/data (the `shared_data` fixture fails if missing):
+splits and counts, episodes, determinism, download, cache, unsafe and corrupt archives."""
+
+import functools
+import hashlib
+import http.server
+import io
+import re
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from metagrad.config import build_dataclass
+from metagrad.errors import ConfigError, DataError
+from metagrad.registry import TASKS
+from metagrad.tasks import omniglot
+from metagrad.tasks.images import EpisodeSampler, ImageClassDataset
+from metagrad.tasks.omniglot import OmniglotConfig, make_omniglot, omniglot_dataset, vinyals_characters
+
+SMALL1 = "original/images_background_small1.zip"  # Balinese, Early_Aramaic, Greek, Korean, Latin: 136 characters
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def full_cache(tmp_path_factory) -> Path:
+    """One cache of the full preprocessed set, shared by this module's tests."""
+    return tmp_path_factory.mktemp("omniglot-cache")
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("omniglot-small-cache")
+
+
+def small_cfg(shared_data, cache, **kw) -> OmniglotConfig:
+    """Lake scheme over the small background archive: train = 4 alphabets (114 characters)."""
+    kw = {"split_scheme": "lake", "background_archives": [SMALL1], "data_dir": str(shared_data),
+          "cache_dir": str(cache), "download": False, **kw}
+    return OmniglotConfig(**kw)
+
+
+def png_bytes(size=105, value=0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (size, size), 255 - value).convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_archive(path: Path, n_chars=6, drawings=20, size=105, extra: dict | None = None) -> Path:
+    """A small Omniglot-like zip: images_background/Alpha/characterNN/<id>_<kk>.png (+ extra entries)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for c in range(n_chars):
+            data = png_bytes(size, value=255 * (c % 2))
+            for d in range(drawings):
+                zf.writestr(f"images_background/Alpha/character{c + 1:02d}/{c + 1:04d}_{d + 1:02d}.png", data)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+# --------------------------------------------------------------------------- splits and counts
+
+
+def test_shipped_vinyals_split_matches_the_reference_files(shared_data):
+    counts = {s: len(vinyals_characters(s)) for s in ("train", "val", "test", "trainval")}
+    assert counts == {"train": 1028, "val": 172, "test": 423, "trainval": 1200}
+    sets = {s: set(vinyals_characters(s)) for s in ("train", "val", "test")}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] | sets["val"]) & sets["test"]
+    for s in ("train", "val", "test", "trainval"):
+        ref = (shared_data / "omniglot" / "splits" / "vinyals" / f"{s}.txt").read_text().split()
+        ours = {f"{c}/{r}" for c in vinyals_characters(s) for r in ("rot000", "rot090", "rot180", "rot270")}
+        assert ours == set(ref)
+
+
+def test_vinyals_counts_on_the_full_archives(shared_data, full_cache):
+    # the shared archives are re-packed (not the canonical md5): accepted by their structure
+    assert md5(shared_data / "omniglot" / "images_background.zip") != omniglot.MD5["images_background.zip"]
+    cfg = OmniglotConfig(data_dir=str(shared_data), cache_dir=str(full_cache), download=False)
+    classes = {s: make_omniglot(cfg, s).dataset.n_classes for s in ("train", "val", "test")}
+    assert classes == {"train": 4112, "val": 688, "test": 1692}
+    cfg.train_on = "trainval"
+    train = make_omniglot(cfg, "train")
+    assert train.dataset.n_classes == 4800 and len(train.dataset) == 4800 * 20
+    assert train.input_shape == (1, 28, 28) and train.kind == "classification" and train.n_outputs == 5
+    assert sorted(p.name for p in full_cache.iterdir()) == ["images_background.28px.pt", "images_evaluation.28px.pt"]
+
+
+def test_lake_counts_on_the_full_archives(shared_data, full_cache):
+    cfg = OmniglotConfig(split_scheme="lake", data_dir=str(shared_data), cache_dir=str(full_cache), download=False)
+    classes = {s: make_omniglot(cfg, s).dataset.n_classes for s in ("train", "val", "test")}
+    assert classes == {"train": 792 * 4, "val": 172 * 4, "test": 659 * 4}
+    cfg.train_on, cfg.rotate = "trainval", False
+    assert make_omniglot(cfg, "train").dataset.n_classes == 964
+
+
+def test_rotations_are_separate_classes(shared_data, small_cache):
+    data = omniglot_dataset(small_cfg(shared_data, small_cache), "train")
+    assert data.n_classes == 114 * 4
+    assert data.class_names[:4] == [f"Balinese/character01/rot{r:03d}" for r in (0, 90, 180, 270)]
+    imgs = data.images.view(-1, 4, 20, 28, 28)  # classes are character-major, 20 drawings each
+    for k in range(4):
+        assert torch.equal(imgs[:, k], torch.rot90(imgs[:, 0], k, dims=(-2, -1)))
+    # strokes are bright on a dark background, like the MAML / ProtoNets preprocessing
+    assert imgs.float().mean() < 60 and imgs.max() == 255
+    plain = omniglot_dataset(small_cfg(shared_data, small_cache, rotate=False), "train")
+    assert plain.n_classes == 114 and torch.equal(plain.images.view(-1, 20, 28, 28), imgs[:, 0])
+
+
+def test_cache_is_reused_and_rebuilt_when_the_archive_changes(tmp_path, monkeypatch):
+    root = tmp_path / "data" / "omniglot"
+    make_archive(root / "images_background.zip", n_chars=6)
+    cfg = OmniglotConfig(split_scheme="lake", ways=2, data_dir=str(tmp_path / "data"), download=False)
+    assert make_omniglot(cfg, "train").dataset.n_classes == 24
+    cache = root / "images_background.28px.pt"
+    assert cache.is_file()
+    real_read = omniglot.read_archive
+    monkeypatch.setattr(omniglot, "read_archive", lambda *a: pytest.fail("cache not used"))
+    assert make_omniglot(cfg, "train").dataset.n_classes == 24
+    make_archive(root / "images_background.zip", n_chars=7)  # replaced archive -> rebuilt
+    monkeypatch.setattr(omniglot, "read_archive", real_read)
+    assert make_omniglot(cfg, "train").dataset.n_classes == 28
+    cache.write_bytes(b"garbage")  # an unreadable cache is rebuilt too
+    assert make_omniglot(cfg, "train").dataset.n_classes == 28
+    cfg.image_size = 14
+    assert make_omniglot(cfg, "train").input_shape == (1, 14, 14)
+    assert sorted(p.name for p in root.iterdir()) == [
+        "images_background.14px.pt", "images_background.28px.pt", "images_background.zip"]
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def test_episode_shapes_labels_and_disjoint_support_query(shared_data, small_cache):
+    src = make_omniglot(small_cfg(shared_data, small_cache, ways=5, shots=2, queries=3), "train")
+    b = src.sample(16, torch.Generator().manual_seed(0))
+    assert b.support_x.shape == (16, 10, 1, 28, 28) and b.query_x.shape == (16, 15, 1, 28, 28)
+    assert b.support_y.shape == (16, 10) and b.query_y.shape == (16, 15)
+    assert b.support_x.dtype == torch.float32 and b.support_y.dtype == torch.long
+    assert 0 <= b.support_x.min() and b.support_x.max() <= 1
+    for t in range(16):
+        assert b.support_y[t].sort().values.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+        assert b.query_y[t].sort().values.tolist() == [i for i in range(5) for _ in range(3)]
+
+    s_ids, s_y, q_ids, q_y = src.sample_indices(200, torch.Generator().manual_seed(1))
+    true = src.dataset.labels
+    tasks = set()
+    for t in range(200):
+        assert not set(s_ids[t].tolist()) & set(q_ids[t].tolist())  # no image in both sets
+        assert len(set(s_ids[t].tolist())) == 10 and len(set(q_ids[t].tolist())) == 15
+        label_to_class = {int(y): int(true[i]) for i, y in zip(s_ids[t], s_y[t])}
+        assert len(set(label_to_class.values())) == 5  # 5 distinct classes, one per label
+        assert all(label_to_class[int(y)] == int(true[i]) for i, y in zip(q_ids[t], q_y[t]))
+        tasks.add(tuple(label_to_class[k] for k in range(5)))
+    assert len(tasks) == 200  # other classes or another label order in every task
+    in_class_order = sum(list(t) == sorted(t) for t in tasks)
+    assert in_class_order < 10  # labels are permuted (1 task in 120 by chance), not given in class order
+
+    # sample() gathers exactly the images of sample_indices() for the same generator state
+    b = src.sample(4, torch.Generator().manual_seed(2))
+    s_ids, s_y, q_ids, q_y = src.sample_indices(4, torch.Generator().manual_seed(2))
+    assert torch.equal(b.support_x, src.dataset.images[s_ids].float() * (1 / 255)) and torch.equal(b.support_y, s_y)
+    assert torch.equal(b.query_x, src.dataset.images[q_ids].float() * (1 / 255)) and torch.equal(b.query_y, q_y)
+
+
+def test_same_seed_same_tasks_different_seed_different(shared_data, small_cache):
+    src = make_omniglot(small_cfg(shared_data, small_cache, ways=5, shots=1, queries=2), "train")
+    a, b, c = (src.sample(8, torch.Generator().manual_seed(s)) for s in (7, 7, 8))
+    for name in ("support_x", "support_y", "query_x", "query_y"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.support_x, c.support_x)
+    g = torch.Generator().manual_seed(7)
+    first, second = src.sample(8, g), src.sample(8, g)  # the generator advances
+    assert torch.equal(first.support_x, a.support_x) and not torch.equal(second.support_x, a.support_x)
+
+
+def test_sampler_is_uniform_over_classes_images_and_labels():
+    n_classes, per_class = 10, 6
+    data = ImageClassDataset(
+        torch.arange(n_classes * per_class, dtype=torch.uint8).view(-1, 1, 1, 1),
+        torch.arange(n_classes).repeat_interleave(per_class),
+        [f"c{i}" for i in range(n_classes)],
+    )
+    src = EpisodeSampler(data, ways=5, shots=1, queries=1)
+    s_ids, s_y, q_ids, _ = src.sample_indices(4000, torch.Generator().manual_seed(0))
+    class_freq = torch.bincount(data.labels[s_ids].flatten(), minlength=n_classes).float()
+    assert torch.allclose(class_freq / class_freq.mean(), torch.ones(n_classes), atol=0.06)
+    label0 = data.labels[s_ids][s_y == 0]  # which class got label 0
+    freq0 = torch.bincount(label0, minlength=n_classes).float()
+    assert torch.allclose(freq0 / freq0.mean(), torch.ones(n_classes), atol=0.2)
+    image_freq = torch.bincount(torch.cat([s_ids.flatten(), q_ids.flatten()]), minlength=len(data)).float()
+    assert torch.allclose(image_freq / image_freq.mean(), torch.ones(len(data)), atol=0.25)
+
+
+def test_bad_ways_shots_and_splits(shared_data, small_cache, full_cache):
+    with pytest.raises(ConfigError, match=r"task.ways=500 .* 456 classes"):
+        make_omniglot(small_cfg(shared_data, small_cache, ways=500), "train")
+    with pytest.raises(ConfigError, match="exceeds the 20 drawings"):
+        build_dataclass(OmniglotConfig, {"shots": 15, "queries": 10}, "task")
+    with pytest.raises(ConfigError, match="split_scheme: 'foo' is not allowed; allowed: vinyals, lake"):
+        build_dataclass(OmniglotConfig, {"split_scheme": "foo"}, "task")
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
+        make_omniglot(small_cfg(shared_data, small_cache), "dev")
+    with pytest.raises(DataError, match="Vinyals train split needs 678 characters missing"):
+        make_omniglot(small_cfg(shared_data, full_cache, split_scheme="vinyals"), "train")
+    assert TASKS.get("omniglot").factory is make_omniglot and TASKS.get("omniglot").hparams is OmniglotConfig
+
+
+def test_missing_archive_without_download(tmp_path):
+    cfg = OmniglotConfig(split_scheme="lake", data_dir=str(tmp_path), download=False)
+    with pytest.raises(DataError, match=r"images_background.zip is missing; set task.download=true"):
+        make_omniglot(cfg, "train")
+
+
+def test_data_dir_defaults_to_env_then_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("METAGRAD_DATA", str(tmp_path))
+    assert omniglot.omniglot_dir() == tmp_path / "omniglot"
+    monkeypatch.delenv("METAGRAD_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert omniglot.omniglot_dir() == tmp_path / "home" / ".cache" / "metagrad" / "omniglot"
+    assert omniglot.omniglot_dir("~/x") == tmp_path / "home" / "x" / "omniglot"
+
+
+# --------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def http_dir(tmp_path, monkeypatch):
+    """A folder served over HTTP on 127.0.0.1; METAGRAD_OMNIGLOT_URL points at it."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("METAGRAD_OMNIGLOT_URL", f"http://127.0.0.1:{server.server_address[1]}/python/")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    (root / "python").mkdir()
+    yield root / "python"
+    server.shutdown()
+    thread.join()
+
+
+def test_download_verifies_checksum_then_loads(shared_data, http_dir, tmp_path, monkeypatch):
+    served = http_dir / "images_background.zip"
+    shutil.copy(shared_data / "omniglot" / SMALL1, served)
+    monkeypatch.setitem(omniglot.MD5, "images_background.zip", md5(served))
+    cfg = OmniglotConfig(split_scheme="lake", ways=5, data_dir=str(tmp_path / "data"))
+    src = make_omniglot(cfg, "train")
+    root = tmp_path / "data" / "omniglot"
+    assert sorted(p.name for p in root.iterdir()) == ["images_background.28px.pt", "images_background.zip"]
+    assert md5(root / "images_background.zip") == md5(served)
+    assert src.dataset.n_classes == 114 * 4 and src.sample(2, torch.Generator().manual_seed(0)).query_x.shape == (
+        2, 5, 1, 28, 28)
+
+
+def test_download_with_wrong_checksum_leaves_nothing(shared_data, http_dir, tmp_path):
+    shutil.copy(shared_data / "omniglot" / SMALL1, http_dir / "images_background.zip")
+    cfg = OmniglotConfig(split_scheme="lake", data_dir=str(tmp_path / "data"))
+    got = md5(http_dir / "images_background.zip")
+    canonical = "68d2efa1b9178cc56df9314c21c6e718"
+    with pytest.raises(DataError, match=rf"images_background.zip .* md5 {got}, expected {canonical}"):
+        make_omniglot(cfg, "train")
+    assert list((tmp_path / "data" / "omniglot").iterdir()) == []
+
+
+def test_download_failure_names_the_url(http_dir, tmp_path):
+    with pytest.raises(DataError, match=r"could not download http://127.0.0.1:\d+/python/images_evaluation.zip"):
+        omniglot.download_archive("images_evaluation.zip", tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- unsafe, corrupt, wrong archives
+
+
+def lake_on(tmp_path: Path, archive: Path) -> OmniglotConfig:
+    return OmniglotConfig(split_scheme="lake", ways=2, background_archives=[str(archive)],
+                          cache_dir=str(tmp_path / "cache"), download=False)
+
+
+@pytest.mark.parametrize("entry", ["images_background/../../evil.png", "/tmp/evil.png", "..\\evil.png"])
+def test_path_traversal_entry_is_refused(tmp_path, entry):
+    archive = make_archive(tmp_path / "bad.zip", extra={entry: png_bytes()})
+    with pytest.raises(DataError, match=re.escape(f"bad.zip: unsafe entry {entry!r}")):
+        make_omniglot(lake_on(tmp_path, archive), "train")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_truncated_archive_is_named_and_nothing_cached(shared_data, tmp_path):
+    archive = tmp_path / "images_background.zip"
+    data = (shared_data / "omniglot" / SMALL1).read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"{archive}: not a readable zip archive"):
+        make_omniglot(lake_on(tmp_path, archive), "train")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_corrupt_archive_entry_is_named_and_nothing_cached(shared_data, tmp_path):
+    archive = tmp_path / "images_background.zip"
+    data = bytearray((shared_data / "omniglot" / SMALL1).read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = [i for i in zf.infolist() if i.filename.endswith(".png")][100]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # the entry's compressed bytes
+    data[start : start + 40] = bytes(40)
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{archive}: corrupt archive, entry {info.filename}"):
+        make_omniglot(lake_on(tmp_path, archive), "train")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"drawings": 19}, "Alpha/character01 has 19 PNGs, expected 20"),
+        ({"size": 64}, "images_background/Alpha/character01/0001_01.png is 64x64, expected 105x105"),
+        ({"n_chars": 0}, "it holds no PNG images"),
+        ({"extra": {"flat.png": b""}}, "expected <top>/<alphabet>/<character>/<image>.png, got 'flat.png'"),
+    ],
+)
+def test_structurally_wrong_archive_is_refused(tmp_path, kwargs, message):
+    archive = make_archive(tmp_path / "x.zip", **kwargs)
+    with pytest.raises(DataError, match=f"not an Omniglot archive: {message}"):
+        make_omniglot(lake_on(tmp_path, archive), "train")
+
+
+def test_overlapping_archives_are_refused(shared_data, small_cache):
+    cfg = small_cfg(shared_data, small_cache, background_archives=[SMALL1, "original/images_background_small2.zip"])
+    with pytest.raises(DataError, match="character Greek/character01 is in both"):
+        make_omniglot(cfg, "train")
