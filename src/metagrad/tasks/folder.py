@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
-from .images import EpisodeSampler, ImageClassDataset
+from .images import EpisodeSampler, ImageClassDataset, episode_shape
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
@@ -42,6 +42,10 @@ class FolderConfig:
     ways: int = positive(5)
     shots: int = positive(1)
     queries: int = positive(1)  # query images per class
+    # val/test episodes; 0 = as in training (a different eval_ways needs a learner without a fixed head)
+    eval_ways: int = nonnegative(0)
+    eval_shots: int = nonnegative(0)
+    eval_queries: int = nonnegative(0)
     image_size: int = positive(28)
     channels: int = choice(1, (1, 3))
     val_fraction: float = nonnegative(0.2)  # share of the classes held out for "val"
@@ -189,4 +193,4 @@ def make_folder(cfg: FolderConfig, split: str) -> EpisodeSampler:
             else f"{cfg.path}: no classes left for training; lower task.val_fraction / task.test_fraction"
         )
     data = load_class_folders(dirs, cfg.image_size, cfg.channels)
-    return EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, name=f"the {split} split of {cfg.path}")
+    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the {split} split of {cfg.path}")

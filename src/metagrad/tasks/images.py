@@ -63,6 +63,14 @@ def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Ten
     return out.gather(1, torch.rand(rows, k, generator=generator).argsort(dim=1))
 
 
+def episode_shape(cfg, split: str) -> tuple[int, int, int]:
+    """(ways, shots, queries) of ``split``: val/test take ``cfg.eval_ways/eval_shots/eval_queries``
+    where those are set (> 0), e.g. ProtoNets train 60-way and test 5-way."""
+    if split == "train":
+        return cfg.ways, cfg.shots, cfg.queries
+    return cfg.eval_ways or cfg.ways, cfg.eval_shots or cfg.shots, cfg.eval_queries or cfg.queries
+
+
 class EpisodeSampler:
     """N-way K-shot classification tasks drawn from an :class:`ImageClassDataset`.
 

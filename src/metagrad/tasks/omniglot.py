@@ -52,11 +52,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import choice, positive
+from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..io import atomic_write
 from ..registry import TASKS
-from .images import EpisodeSampler, ImageClassDataset
+from .images import EpisodeSampler, ImageClassDataset, episode_shape
 
 DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 MD5 = {
@@ -76,6 +76,10 @@ class OmniglotConfig:
     ways: int = positive(5)
     shots: int = positive(1)
     queries: int = positive(1)  # query images per class
+    # val/test episodes; 0 = as in training (a different eval_ways needs a learner without a fixed head)
+    eval_ways: int = nonnegative(0)
+    eval_shots: int = nonnegative(0)
+    eval_queries: int = nonnegative(0)
     split_scheme: str = choice("vinyals", ("vinyals", "lake"))
     train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
@@ -88,11 +92,13 @@ class OmniglotConfig:
     evaluation_archives: list[str] = field(default_factory=lambda: ["images_evaluation.zip"])
 
     def validate(self):
-        if self.shots + self.queries > DRAWINGS:
-            raise ConfigError(
-                f"task.shots + task.queries = {self.shots} + {self.queries} exceeds the {DRAWINGS} "
-                "drawings of each Omniglot character"
-            )
+        for prefix in ("", "eval_"):
+            shots, queries = getattr(self, prefix + "shots") or self.shots, getattr(self, prefix + "queries") or self.queries
+            if shots + queries > DRAWINGS:
+                raise ConfigError(
+                    f"task.{prefix}shots + task.{prefix}queries = {shots} + {queries} exceeds the {DRAWINGS} "
+                    "drawings of each Omniglot character"
+                )
         for key in ("background_archives", "evaluation_archives"):
             if not getattr(self, key):
                 raise ConfigError(f"task.{key} is empty; name at least one archive file")
@@ -311,4 +317,4 @@ def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
 def make_omniglot(cfg: OmniglotConfig, split: str) -> EpisodeSampler:
     """Omniglot N-way K-shot character classification (Vinyals or Lake split, 28x28, rotations)."""
     data = omniglot_dataset(cfg, split)
-    return EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, name=f"the Omniglot {cfg.split_scheme} {split} split")
+    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the Omniglot {cfg.split_scheme} {split} split")
