@@ -1,9 +1,10 @@
-"""Command line: ``metagrad train | eval | presets | plot``."""
+"""Command line: ``metagrad train | eval | adapt | presets | plot``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,19 +53,21 @@ def cmd_train(args) -> int:
         cfg = load_config(preset, sets)
     if out is None:
         out = Path("runs") / f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"metagrad train: {cfg.preset} — {cfg.description}", file=sys.stderr)
-    print(f"  run directory: {out}", file=sys.stderr)
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun rank 0 reports
+    say(f"metagrad train: {cfg.preset} — {cfg.description}", file=sys.stderr)
+    say(f"  run directory: {out}", file=sys.stderr)
     try:
-        report = train(cfg, out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        report = train(cfg, out, progress=not args.quiet, log=lambda m: say(m, file=sys.stderr))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoint saved. Resume with: metagrad train --out {out}", file=sys.stderr)
+        say(f"\ninterrupted; checkpoint saved. Resume with: metagrad train --out {out}", file=sys.stderr)
         return 130
-    print(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}")
-    print(f"held-out test tasks ({cfg.task.name}):")
-    _print_estimates(report["test"], report["headline"])
-    print(f"run directory: {out}")
+    say(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}"
+        + (f" ({report['world_size']} processes)" if report["world_size"] > 1 else ""))
+    say(f"held-out test tasks ({cfg.task.name}):")
+    _print_estimates(report["test"], report["headline"], out=say)
+    say(f"run directory: {out}")
     for p in report.get("plots", []):
-        print(f"  plot: {p}")
+        say(f"  plot: {p}")
     return 0
 
 
@@ -95,6 +98,68 @@ def cmd_eval(args) -> int:
     else:
         print(f"{args.run} (iteration {state['iteration']}), {args.split} split:")
         _print_estimates({k: e.to_dict() for k, e in est.items()}, learner.headline)
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    import csv
+    import io
+
+    import torch
+
+    from .io import atomic_write_text
+    from .tasks.batch import TaskSpec
+    from .tasks.folder import check_class_count, load_query_folder, load_support_folder
+    from .tasks.images import as_float
+    from .train import load_run
+
+    cfg, learner, state = load_run(args.checkpoint)
+    spec = TaskSpec(**state["task_spec"])
+    if spec.kind != "classification" or len(spec.input_shape) != 3:
+        raise MetagradError(f"{args.checkpoint} was trained on {spec.kind} tasks of shape {list(spec.input_shape)}; adapt needs an image classifier")
+    channels, size = spec.input_shape[0], spec.input_shape[1]
+    support = load_support_folder(args.support, size, channels, shots=args.shots or 1)
+    if learner.fixed_ways is not None:
+        check_class_count(support.n_classes, learner.fixed_ways)
+    query = load_query_folder(args.query, size, channels)
+
+    def pixels(images):
+        x = as_float(images)
+        return 1.0 - x if args.invert else x
+
+    learner.eval()
+    with torch.no_grad():
+        logits = learner.adapt(pixels(support.images)[None], support.labels[None])(pixels(query.images)[None])[0]
+    probs = torch.softmax(logits.float(), dim=-1)
+    conf, pred = probs.max(dim=-1)
+    rows = [
+        {"file": f, "predicted": support.class_names[int(p)], "probability": round(float(c), 4), "true": t or ""}
+        for f, p, c, t in zip(query.paths, pred, conf, query.classes)
+    ]
+    if args.out:
+        out = Path(args.out)
+        if out.suffix.lower() == ".json":
+            atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(out, buf.getvalue())
+        print(f"wrote {len(rows)} predictions to {out}")
+    else:
+        for r in rows:
+            print(f"{r['file']}\t{r['predicted']}\t{r['probability']:.3f}")
+    labelled = [r for r in rows if r["true"]]
+    if labelled:
+        acc = sum(r["predicted"] == r["true"] for r in labelled) / len(labelled)
+        print(f"accuracy on the {len(labelled)} query images in class sub-folders: {100 * acc:.1f}%")
+    if args.sheet:
+        from .plots import plot_contact_sheet
+
+        titles = [f"{r['predicted']} {r['probability']:.2f}" for r in rows]
+        correct = [(r["predicted"] == r["true"]) if r["true"] else None for r in rows]
+        print(f"contact sheet: {plot_contact_sheet(query.images, titles, Path(args.sheet), correct)}")
     return 0
 
 
@@ -142,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("adapt", help="adapt a trained image classifier to your support folder and predict your query images")
+    p.add_argument("checkpoint", help="run directory or checkpoint file of a classification run")
+    p.add_argument("--support", required=True, help="folder with one sub-folder of labelled images per class")
+    p.add_argument("--query", required=True, help="folder of images to classify (loose, or in class sub-folders to score accuracy)")
+    p.add_argument("--shots", type=int, help="require at least this many images per support class (default 1)")
+    p.add_argument("--out", help="write predictions to FILE.csv or FILE.json (default: print them)")
+    p.add_argument("--sheet", help="also draw the query images with their predicted labels to this PNG")
+    p.add_argument("--invert", action="store_true", help="invert pixel values (dark strokes on light paper -> Omniglot's light-on-dark)")
+    p.set_defaults(func=cmd_adapt)
+
     p = sub.add_parser("presets", help="list presets")
     p.set_defaults(func=cmd_presets)
 
@@ -154,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "episodes", None) is not None and args.episodes <= 0:
-        parser.error(f"--episodes must be > 0, got {args.episodes}")
+    for flag in ("episodes", "shots"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be > 0, got {getattr(args, flag)}")
     try:
         return args.func(args)
     except MetagradError as e:

@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = choice("float32", ("float32", "float64"))
     task_chunk: int = nonnegative(0)  # tasks per backward pass; 0 = the whole meta-batch at once
+    compile: bool = False  # torch.compile the learner's meta_loss (docs/performance.md)
 
 
 SECTIONS: dict[str, Registry] = {"task": TASKS, "model": MODELS, "learner": LEARNERS}
@@ -127,15 +128,11 @@ def _coerce(key: str, value: Any, tp) -> Any:
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(key, value, inner)
     if origin is list:
-        if isinstance(value, str):
-            value = _parse_literal(value)
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list like [40, 40], got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if isinstance(value, str) and tp is not str:
-        value = _parse_literal(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -223,7 +220,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 f"--set {key!r}: expected section.key with section one of task, model, learner, train"
             )
         section, name = parts
-        raw.setdefault(section, {})[name] = value
+        raw.setdefault(section, {})[name] = _parse_literal(value.strip())
     return raw
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from .distributed import DistContext, all_gather_object
 from .learners.base import MetaLearner, metric_name, task_metric
 
 
@@ -45,14 +46,15 @@ def evaluate(
     batch_size: int = 50,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    episode_offset: int = 0,
-    episode_stride: int = 1,
+    ctx: DistContext = DistContext(),
 ) -> dict[str, Estimate]:
     """Adapt to ``episodes`` held-out tasks drawn from a fixed-seed generator and score the queries.
 
-    Returns one Estimate per key of ``learner.eval_predictions`` (e.g. "0 steps", "1 step", ...).
-    With ``episode_stride`` > 1 (distributed evaluation), only episodes offset, offset+stride, ... are
-    scored here; the tasks themselves do not depend on how the work is split.
+    Returns one Estimate per key of ``learner.eval_predictions`` (e.g. "0 steps", "1 step", ...);
+    a value that is a (predictions, targets) pair is scored against its own targets.
+    Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
+    draws the same tasks) and the per-episode metrics are gathered back into episode order, so
+    every rank returns the estimates a single process would.
     """
     generator = torch.Generator().manual_seed(seed)
     per_key: dict[str, list[Tensor]] = {}
@@ -62,13 +64,21 @@ def evaluate(
     while done < episodes:
         n = min(batch_size, episodes - done)
         batch = source.sample(n, generator)
-        keep = [i for i in range(n) if (done + i) % episode_stride == episode_offset]
+        keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
         done += n
         if not keep:
             continue
         batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
-        for key, pred in learner.eval_predictions(batch).items():
-            per_key.setdefault(key, []).append(task_metric(learner.kind, pred, batch.query_y).cpu())
+        for key, out in learner.eval_predictions(batch).items():
+            pred, target = out if isinstance(out, tuple) else (out, batch.query_y)
+            per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
     learner.train(was_training)
     name = metric_name(learner.kind)
-    return {key: mean_ci95(torch.cat(vals), name) for key, vals in per_key.items()}
+    local = {key: torch.cat(vals) for key, vals in per_key.items()}
+    parts = all_gather_object(local, ctx)
+    merged = {}
+    for key in parts[0]:
+        merged[key] = torch.empty(episodes, dtype=parts[0][key].dtype)
+        for rank, part in enumerate(parts):
+            merged[key][rank :: ctx.world] = part[key]
+    return {key: mean_ci95(values, name) for key, values in merged.items()}

@@ -1,7 +1,10 @@
-"""PNG figures of a run: the training curve, and for sinusoid runs the MAML paper's Figure 2."""
+"""PNG figures of a run: the training curve; for sinusoid runs the MAML paper's Figure 2; for
+learners that report accuracy by presentation ("instance k" keys, e.g. MANN) that curve."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -80,9 +83,50 @@ def plot_sine_fit(learner, task: Sinusoid, path: Path, seed: int = 7, device="cp
     return _save(fig, Path(path))
 
 
+def plot_instance_curve(run_dir: Path, path: Path | None = None) -> Path | None:
+    """Test accuracy (± 95% CI) against the instance number k of the "instance k" keys of the run's
+    report.json -> instance_accuracy.png; None when the report has no such keys."""
+    report = Path(run_dir) / "report.json"
+    if not report.is_file():
+        return None
+    test = json.loads(report.read_text())["test"]
+    points = sorted((int(m.group(1)), est) for key, est in test.items() if (m := re.fullmatch(r"instance (\d+)", key)))
+    if not points:
+        return None
+    ks = [k for k, _ in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, [100 * e["mean"] for _, e in points], yerr=[100 * e["ci95"] for _, e in points], marker="o", capsize=3)
+    for k, e in points:
+        ax.annotate(f"{100 * e['mean']:.1f}", (k, 100 * e["mean"]), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_xticks(ks)
+    ax.set_xlabel("instance (k-th presentation of a class in the episode)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{Path(run_dir).name}: accuracy by instance ({points[0][1]['episodes']} test episodes)")
+    return _save(fig, Path(path or Path(run_dir) / "instance_accuracy.png"))
+
+
 def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch.float32) -> list[Path]:
     """Every figure that applies to this run; returns their paths."""
-    paths = [plot_training_curve(run_dir)]
+    paths = [plot_training_curve(run_dir), plot_instance_curve(run_dir)]
     if isinstance(test_tasks, Sinusoid):
         paths.append(plot_sine_fit(learner, test_tasks, Path(run_dir) / "sine_fit.png", device=device, dtype=dtype))
     return [p for p in paths if p is not None]
+
+
+def plot_contact_sheet(images: torch.Tensor, titles: list[str], path: Path, correct: list[bool | None] | None = None, columns: int = 8) -> Path:
+    """A grid of images (uint8 [M, C, H, W]) with a title under each; titles of known-correct
+    predictions in green, known-wrong in red."""
+    m = len(images)
+    rows = (m + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, img, title) in enumerate(zip(axes.flat, images, titles)):
+        pixels = img.permute(1, 2, 0).numpy()
+        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+        ok = correct[i] if correct else None
+        ax.set_title(title, fontsize=7, color={True: "green", False: "red"}.get(ok, "black"))
+    fig.tight_layout()
+    return _save(fig, Path(path))

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from .build import build_learner, build_task
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, resolve
-from .distributed import DistContext, all_reduce_grads, broadcast_object, init_from_env
-from .errors import ConfigError
+from .distributed import DistContext, all_reduce_grads, all_reduce_sum, broadcast_object, process_group
+from .errors import ConfigError, MetagradError
 from .evaluate import Estimate, evaluate
 from .io import atomic_write_text
 from .learners.base import MetaLearner
@@ -54,7 +54,7 @@ def iteration_generator(seed: int, rank: int, iteration: int) -> torch.Generator
 
 def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    optimizer = opt_cls(params, lr=cfg.lr)
+    optimizer = opt_cls([{"params": list(params)}], lr=cfg.lr)  # a group may be empty (e.g. k-NN on pixels)
     if cfg.lr_schedule == "step":
         factor = lambda it: cfg.lr_gamma ** (it // cfg.lr_step)  # noqa: E731
     elif cfg.lr_schedule == "linear":
@@ -111,10 +111,16 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: train settings that change speed or memory but not the mathematics; a resumed run may change them
+RESUMABLE_CHANGES = ("iterations", "device", "task_chunk", "compile")
+
+
 def _check_resume_config(cfg: Config, saved: dict) -> None:
-    """A run directory may only be resumed with its own config (iterations may be extended)."""
-    new, old = cfg.to_dict(), json.loads(json.dumps(saved))
-    new["train"].pop("iterations"), old["train"].pop("iterations", None)
+    """A run directory may only be resumed with its own config (iterations may be extended, and
+    the run moved to other hardware: see RESUMABLE_CHANGES)."""
+    new, old = cfg.to_dict(), resolve(saved).to_dict()
+    for key in RESUMABLE_CHANGES:
+        new["train"].pop(key), old["train"].pop(key)
     for section in ("task", "model", "learner", "train"):
         if new[section] != old.get(section):
             raise ConfigError(
@@ -123,21 +129,50 @@ def _check_resume_config(cfg: Config, saved: dict) -> None:
             )
 
 
+def batch_to(batch: TaskBatch, device: torch.device, dtype: torch.dtype) -> TaskBatch:
+    """Move a sampled batch to ``device``; a CPU -> CUDA copy goes through pinned memory so that
+    it does not wait for the GPU to finish the previous iteration."""
+    if device.type == "cuda" and not batch.support_x.is_cuda:
+        batch = TaskBatch(*(t.pin_memory() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+    return batch.to(device, dtype)
+
+
 def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
     """Meta-train ``cfg`` in ``run_dir`` (resuming from its checkpoint if there is one).
 
+    Launched by torchrun, every rank calls this with the same arguments: rank 0 alone reads and
+    writes ``run_dir`` and sends the run's config and checkpoint to the other ranks.
     Returns the report: final test-set estimates per evaluation key, timing and paths.
     """
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.train.device)
-    dtype = getattr(torch, cfg.train.dtype)
-    ctx = init_from_env(device)
-    tc = cfg.train
+    with process_group(resolve_device(cfg.train.device)) as (ctx, device):
+        return _train(cfg, Path(run_dir), ctx, device, progress, log)
 
+
+def _resume_state(cfg: Config, ckpt_path: Path, ctx: DistContext) -> tuple[Config, dict | None]:
+    """(config, checkpoint or None) as rank 0 sees them, on every rank; rank 0's error on every rank."""
+    shared = None
+    if ctx.is_main:
+        try:
+            state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+            if state is not None:
+                _check_resume_config(cfg, state["config"])
+            shared = (cfg.to_dict(), state)
+        except MetagradError as e:
+            shared = e
+    shared = broadcast_object(shared, ctx)
+    if isinstance(shared, Exception):
+        raise shared
+    raw, state = shared
+    return (cfg if ctx.is_main else resolve(raw)), state
+
+
+def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, progress: bool, log) -> dict:
     ckpt_path = run_dir / CHECKPOINT_NAME
-    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if state is not None:
-        _check_resume_config(cfg, state["config"])
+    cfg, state = _resume_state(cfg, ckpt_path, ctx)
+    tc = cfg.train
+    dtype = getattr(torch, tc.dtype)
+    if tc.meta_batch < ctx.world:
+        raise ConfigError(f"train.meta_batch={tc.meta_batch} is less than the {ctx.world} processes; use at least one task per process")
 
     train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
@@ -150,6 +185,8 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
         start = int(state["iteration"])
         if ctx.is_main:
             log(f"resuming {run_dir} from iteration {start}")
+    if tc.compile:
+        learner.meta_loss = torch.compile(learner.meta_loss)
 
     def checkpoint(iteration: int) -> None:
         if ctx.is_main:
@@ -166,7 +203,7 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
             )
 
     def validate(iteration: int) -> dict[str, Estimate]:
-        est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype)
+        est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype, ctx)
         if ctx.is_main:
             logger.log(iteration, "val", {k.replace(" ", "_"): e.mean for k, e in est.items()})
         return est
@@ -179,21 +216,24 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
     local = ctx.local_tasks(tc.meta_batch)
     t0 = time.time()
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
-    iteration = start
+    done = start
     try:
         with sigterm_as_interrupt():
-            running: dict[str, torch.Tensor] = {}
+            running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
-                batch = train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)).to(device, dtype)
+                batch = batch_to(train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)), device, dtype)
                 stats = meta_step(learner, optimizer, batch, tc.meta_batch, tc.task_chunk, tc.grad_clip, ctx)
                 scheduler.step()
+                done = iteration + 1
                 for k, v in stats.items():
                     running[k] = running.get(k, 0.0) + v
-                done = iteration + 1
                 bar.update(1)
                 if done % tc.log_every == 0 or done == tc.iterations:
                     n = tc.log_every if done % tc.log_every == 0 else done % tc.log_every
-                    values = {k: float(v) / n for k, v in running.items()}
+                    keys = sorted(running)
+                    # mean over iterations and over the whole meta-batch (ranks weighted by their tasks)
+                    sums = all_reduce_sum(torch.stack([running[k] for k in keys]) * (local / tc.meta_batch), ctx)
+                    values = dict(zip(keys, (sums / n).tolist()))
                     running = {}
                     if ctx.is_main:
                         logger.log(done, "train", {**values, "lr": scheduler.get_last_lr()[0]})
@@ -202,9 +242,8 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
                     validate(done)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
                     checkpoint(done)
-            iteration = tc.iterations
     except KeyboardInterrupt:
-        checkpoint(iteration)
+        checkpoint(done)
         bar.close()
         if logger is not None:
             logger.close()
@@ -214,7 +253,7 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
 
     validate(tc.iterations)
     test_tasks = build_task(cfg, "test")
-    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype)
+    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx)
     report = {
         "run_dir": str(run_dir),
         "preset": cfg.preset,

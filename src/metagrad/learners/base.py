@@ -46,6 +46,8 @@ class MetaLearner(nn.Module):
 
     #: key of ``eval_predictions`` that summaries report first
     headline: str = "adapted"
+    #: the number of classes a fixed classifier head requires of every task (None: any)
+    fixed_ways: int | None = None
 
     def __init__(self, kind: str):
         super().__init__()
@@ -74,5 +76,8 @@ class MetaLearner(nn.Module):
 
     @torch.no_grad()
     def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:
-        """Query predictions [B, Q, out] under each evaluation setting, keyed by a label."""
+        """Query predictions [B, Q, out] under each evaluation setting, keyed by a label.
+
+        A value may instead be a pair (predictions [B, M, out], targets [B, M]) scored against
+        its own targets, e.g. a sequence model's predictions within the support sequence."""
         return {self.headline: self.adapt(batch.support_x, batch.support_y)(batch.query_x)}

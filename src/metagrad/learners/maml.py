@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from ..config import choice, nonnegative, positive
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, metric_name, task_loss, task_metric
-from .executors import EXECUTORS, map_tasks
+from .executors import EXECUTORS, map_tasks, resolve_executor
 
 Params = dict[str, Tensor]
 
@@ -31,7 +32,10 @@ class MAMLConfig:
     inner_steps: int = positive(1)  # inner steps during meta-training
     eval_steps: int = nonnegative(10)  # inner steps at test time; evaluation reports 0..eval_steps
     first_order: bool = False  # drop the Hessian term (FOMAML)
-    executor: str = choice("vmap", EXECUTORS)
+    executor: str = choice("auto", EXECUTORS)  # vmap | loop | auto (executors.resolve_executor)
+    # recompute each inner step during the backward pass: the graph keeps the per-task parameters
+    # after each step instead of every step's activations (memory of ~1 step for many steps)
+    checkpoint_inner: bool = False
 
 
 class AdaptedModel:
@@ -85,15 +89,41 @@ class MAML(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         params = self.meta_parameters()
+        executor = resolve_executor(self.hp.executor, (batch.support_x, batch.query_x), (0, 0))
+        if self.hp.checkpoint_inner:
+            return self._checkpointed_meta_loss(params, batch, executor)
 
         def one_task(sx, sy, qx, qy):
             adapted = self.inner_loop(params, sx, sy, self.hp.inner_steps, self.hp.first_order)[-1]
             pred = self.forward_task(adapted, qx)
             return task_loss(self.kind, pred, qy), task_metric(self.kind, pred.detach(), qy)
 
-        losses, metrics = map_tasks(
-            one_task, self.hp.executor, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
+        losses, metrics = map_tasks(one_task, executor, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        loss = losses.mean()
+        return loss, {"loss": loss.detach(), metric_name(self.kind): metrics.mean()}
+
+    def _checkpointed_meta_loss(self, params: Params, batch: TaskBatch, executor: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """meta_loss with each inner step (over all tasks: [B, *shape] parameters in and out) run
+        under torch.utils.checkpoint. Reentrant checkpointing, outside vmap: torch.func transforms
+        refuse the saved-tensor hooks of the non-reentrant form. So the meta-gradient must be taken
+        with ``.backward()`` (as ``accumulate_meta_grad`` does), not with torch.autograd.grad."""
+        names = list(params)
+
+        def one_step(sx, sy, *p):
+            return tuple(self.inner_loop(dict(zip(names, p)), sx, sy, 1, self.hp.first_order)[-1].values())
+
+        def step(sx, sy, *flat):
+            return map_tasks(one_step, executor, sx, sy, *flat)
+
+        flat = tuple(p.expand(len(batch), *p.shape) for p in params.values())
+        for _ in range(self.hp.inner_steps):
+            flat = checkpoint(step, batch.support_x, batch.support_y, *flat, use_reentrant=True)
+
+        def query(qx, qy, *p):
+            pred = self.forward_task(dict(zip(names, p)), qx)
+            return task_loss(self.kind, pred, qy), task_metric(self.kind, pred.detach(), qy)
+
+        losses, metrics = map_tasks(query, executor, batch.query_x, batch.query_y, *flat)
         loss = losses.mean()
         return loss, {"loss": loss.detach(), metric_name(self.kind): metrics.mean()}
 
@@ -104,8 +134,9 @@ class MAML(MetaLearner):
         def one_task(sx, sy):
             return self.inner_loop(params, sx, sy, steps, first_order=True)[-1]
 
-        adapted = map_tasks(one_task, self.hp.executor, support_x, support_y)
-        return AdaptedModel(self.model, adapted, dict(self.model.named_buffers()), self.hp.executor)
+        executor = resolve_executor(self.hp.executor, (support_x,), (0,))
+        adapted = map_tasks(one_task, executor, support_x, support_y)
+        return AdaptedModel(self.model, adapted, dict(self.model.named_buffers()), executor)
 
     @torch.no_grad()
     def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:
@@ -123,4 +154,7 @@ class MAML(MetaLearner):
 @LEARNERS.register("maml", MAMLConfig)
 def make_maml(hp: MAMLConfig, build_model, task) -> MAML:
     """MAML (second-order, or first-order with first_order=true), vectorised over tasks."""
-    return MAML(hp, build_model(task.n_outputs), task.kind)
+    learner = MAML(hp, build_model(task.n_outputs), task.kind)
+    if task.kind == "classification":
+        learner.fixed_ways = task.n_outputs  # the head has one output per class
+    return learner
