@@ -1,5 +1,8 @@
 """MAML's meta-gradient against independent computations: an explicit Hessian, the
-first-order formula, the per-task loop, and central finite differences (all float64)."""
+first-order formula, the per-task loop, and central finite differences (all float64).
+METAGRAD_TEST_DEVICE=cuda runs them on a GPU (benchmarks/gpu_check.sh)."""
+
+import os
 
 import pytest
 import torch
@@ -13,15 +16,16 @@ from metagrad.models.norm import BatchNorm
 from metagrad.tasks import Sinusoid, TaskBatch
 
 ALPHA = 0.05
+DEVICE = torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))
 
 
 def tiny_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    return nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1)).double().to(DEVICE)
 
 
 def sine_batch(n_tasks=3, seed=0) -> TaskBatch:
-    return Sinusoid().sample(n_tasks, torch.Generator().manual_seed(seed)).to(dtype=torch.float64)
+    return Sinusoid().sample(n_tasks, torch.Generator().manual_seed(seed)).to(DEVICE, torch.float64)
 
 
 def maml(model, steps, first_order=False, executor="vmap", kind="regression"):
@@ -53,7 +57,7 @@ def test_meta_gradient_equals_explicit_hessian_formula(steps):
     model = tiny_model()
     batch = sine_batch()
     theta, loss = flat_losses(model)
-    eye = torch.eye(theta.numel(), dtype=torch.float64)
+    eye = torch.eye(theta.numel(), dtype=torch.float64, device=DEVICE)
     expected = []
     for i in range(len(batch)):
         sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
@@ -85,12 +89,12 @@ def test_first_order_drops_the_hessian_term():
 
 def bn_mlp():
     torch.manual_seed(1)
-    return make_mlp(MLPConfig(hidden=[16, 16], batch_norm=True), (1,), 1).double()
+    return make_mlp(MLPConfig(hidden=[16, 16], batch_norm=True), (1,), 1).double().to(DEVICE)
 
 
 def bn_conv():
     torch.manual_seed(2)
-    return Conv4(Conv4Config(channels=8, blocks=2, downsample="max"), 1, 3).double()
+    return Conv4(Conv4Config(channels=8, blocks=2, downsample="max"), 1, 3).double().to(DEVICE)
 
 
 def image_batch(n_tasks=3, ways=3, shots=2, seed=0) -> TaskBatch:
@@ -98,7 +102,7 @@ def image_batch(n_tasks=3, ways=3, shots=2, seed=0) -> TaskBatch:
     x = torch.rand(n_tasks, 2 * ways * shots, 1, 8, 8, generator=g, dtype=torch.float64)
     y = torch.arange(ways).repeat_interleave(shots).repeat(n_tasks, 2)
     s = ways * shots
-    return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+    return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:]).to(DEVICE)
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -136,7 +140,7 @@ def test_meta_gradient_matches_central_finite_differences(first_order):
     g = torch.Generator().manual_seed(3)
     eps = 1e-6
     for _ in range(3):
-        direction = torch.randn(grad.numel(), generator=g, dtype=torch.float64)
+        direction = torch.randn(grad.numel(), generator=g, dtype=torch.float64).to(DEVICE)
         values = []
         for sign in (1, -1):
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Command line: ``metagrad train | eval | adapt | presets | plot``."""
+"""Command line: ``metagrad train | eval | adapt | presets | plot | bench``."""
 
 from __future__ import annotations
 
@@ -185,6 +185,12 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metagrad", description="Meta-learning in PyTorch: train, evaluate and adapt meta-learners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -223,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="(re)draw a run's PNG figures")
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_plot)
+
+    from .bench import add_arguments
+
+    p = sub.add_parser("bench", help="meta-iterations per second and peak memory of MAML (docs/performance.md)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -2,13 +2,17 @@
 
 The tasks of a meta-batch are split across ranks; each rank weights its tasks' meta-gradient
 by (its tasks / all tasks) so that a SUM all-reduce yields the mean over the whole meta-batch,
-and every rank then takes the identical optimizer step.
+and every rank then takes the identical optimizer step (identical start: every rank builds the
+learner from the same seed, or receives rank 0's checkpoint). Only rank 0 touches the run
+directory; evaluation episodes are split across ranks and gathered in episode order.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -28,14 +32,45 @@ class DistContext:
         return meta_batch // self.world + (1 if self.rank < meta_batch % self.world else 0)
 
 
-def init_from_env(device: torch.device) -> DistContext:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    if not dist.is_initialized():
+@contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[DistContext, torch.device]]:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR,
+    ...): gloo on CPU, nccl on CUDA; leave it (destroy it, if joined here) on exit.
+
+    Yields (context, this rank's device): an unnumbered CUDA device becomes cuda:LOCAL_RANK.
+    Without WORLD_SIZE > 1 it yields a single-process context and ``device`` unchanged.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield DistContext(), device
+        return
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owner = not dist.is_initialized()
+    if owner:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size())
+    try:
+        yield DistContext(dist.get_rank(), dist.get_world_size()), device
+    finally:
+        if owner:
+            dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """``tensor`` summed over ranks, in place."""
+    if ctx.world > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_object(obj, ctx: DistContext) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if ctx.world <= 1:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_grads(params: list[torch.Tensor], ctx: DistContext) -> None:

@@ -1,8 +1,11 @@
 """Run a single-task function over the task dimension: vectorised (torch.func.vmap) or as a loop.
 
 Both executors take the same function ``fn(*per_task_args) -> pytree of tensors`` and return
-the per-task outputs stacked along a new leading dim. The loop is the slow reference that
-tests compare against; on this CPU it can also win for wide convnets (see docs/performance.md).
+the per-task outputs stacked along a new leading dim. The loop is the reference that tests
+compare against; on a CPU it also wins when the tasks hold many images: vmap turns a
+convolution with per-task weights into one grouped convolution, and torch's CPU kernels for
+grouped (and transposed grouped) convolutions are slower than B dense ones. "auto" picks by
+the rule of :func:`resolve_executor`, fitted to the measurements in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -12,17 +15,32 @@ from typing import Callable
 import torch
 from torch.utils import _pytree as pytree
 
-EXECUTORS = ("vmap", "loop")
+EXECUTORS = ("vmap", "loop", "auto")
+#: "auto" loops on a CPU when the batched image-like tensors hold more values than this
+AUTO_LOOP_ABOVE = 500_000
+
+
+def resolve_executor(executor: str, batched: tuple, dims: tuple) -> str:
+    """"vmap" or "loop" for ``executor``. "auto": vmap on an accelerator; on the CPU, loop when the
+    batched tensors of >= 5 dims (images [B, N, C, H, W], per-task conv weights) hold more than
+    AUTO_LOOP_ABOVE values in all, else vmap (small tasks: vmap saves B-fold dispatch overhead)."""
+    if executor != "auto":
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        return executor
+    leaves = [t for a, d in zip(batched, dims) if d is not None for t in pytree.tree_leaves(a) if isinstance(t, torch.Tensor)]
+    if any(t.device.type != "cpu" for t in leaves):
+        return "vmap"
+    return "loop" if sum(t.numel() for t in leaves if t.dim() >= 5) > AUTO_LOOP_ABOVE else "vmap"
 
 
 def map_tasks(fn: Callable, executor: str, *batched, in_dims=0):
-    """Apply ``fn`` to each task's slice of ``batched`` ([B, ...] tensors, or None-dim'd args)."""
-    if executor == "vmap":
-        return torch.func.vmap(fn, in_dims=in_dims, randomness="different")(*batched)
-    if executor != "loop":
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    """Apply ``fn`` to each task's slice of ``batched`` (pytrees of [B, ...] tensors; an argument
+    whose ``in_dims`` entry is None is passed whole to every task)."""
     dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(batched)
-    n = next(a.shape[0] for a, d in zip(batched, dims) if d is not None)
-    outs = [fn(*(a if d is None else a[i] for a, d in zip(batched, dims))) for i in range(n)]
+    if resolve_executor(executor, batched, dims) == "vmap":
+        return torch.func.vmap(fn, in_dims=in_dims, randomness="different")(*batched)
+    n = next(pytree.tree_leaves(a)[0].shape[0] for a, d in zip(batched, dims) if d is not None)
+    outs = [fn(*(a if d is None else pytree.tree_map(lambda t: t[i], a) for a, d in zip(batched, dims))) for i in range(n)]
     flat, spec = zip(*(pytree.tree_flatten(o) for o in outs))
     return pytree.tree_unflatten([torch.stack(parts) for parts in zip(*flat)], spec[0])

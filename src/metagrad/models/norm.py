@@ -22,8 +22,10 @@ class BatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(features))
 
     def forward(self, x: Tensor) -> Tensor:
+        # x - mean is formed once and the affine weight folded into the per-channel scale: three
+        # full-size ops instead of six, which the second-order backward multiplies (performance.md)
         dims = (0, *range(2, x.dim()))
-        mean = x.mean(dim=dims, keepdim=True)
-        var = (x - mean).square().mean(dim=dims, keepdim=True)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        centered = x - x.mean(dim=dims, keepdim=True)
+        scale = torch.rsqrt(centered.square().mean(dim=dims, keepdim=True) + self.eps) * self.weight.view(shape)
+        return torch.addcmul(self.bias.view(shape), centered, scale)

@@ -1,0 +1,291 @@
+"""`metagrad bench`: meta-iterations per second and peak memory of MAML's meta-step.
+
+Every configuration runs in a fresh subprocess (``python -m metagrad.bench --worker SPEC``), so
+its peak memory is its own: on the CPU the process's peak resident set (``ru_maxrss``, which
+only grows) after the timed steps, minus the peak before the first step (imports, model, data),
+gives the meta-step's footprint; on CUDA, ``torch.cuda.max_memory_allocated``. One iteration is
+what the training loop does per step: ``train.meta_step`` (zero grads, the meta-gradient chunk by
+chunk, Adam) on a fixed synthetic batch of the right shape (data loading is benchmarked apart,
+benchmarks/bench_sampler.py). Times are wall clock; on a shared CPU also read the CPU-time
+column and the load average that the run records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+GROUPS = ("omniglot", "sine", "chunk", "crossover", "compile")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One measured setting. task "omniglot": Conv-4 (64 channels, stride 2: MAML's Omniglot model)
+    on synthetic 1x28x28 images, N-way K-shot with ``queries`` per class; "sine": MLP 1-40-40-1,
+    K = 10 support and 10 query points."""
+
+    name: str
+    group: str
+    task: str
+    meta_batch: int
+    ways: int = 5
+    shots: int = 1
+    queries: int = 1
+    inner_steps: int = 1
+    first_order: bool = False
+    executor: str = "vmap"
+    task_chunk: int = 0
+    checkpoint_inner: bool = False
+    compile: str = ""  # "", or a torch.compile mode: "default", "reduce-overhead"
+
+
+def _omniglot(group, ways, shots, order, steps, executor, meta_batch=32, task_chunk=0, checkpoint_inner=False, compile="") -> BenchConfig:
+    name = f"omniglot-{ways}w{shots}s-{order}-{steps}step-{executor}" + (f"-b{meta_batch}" if meta_batch != 32 else "")
+    name += (f"-chunk{task_chunk}" if task_chunk else "") + ("-recompute" if checkpoint_inner else "")
+    name += f"-compile-{compile}" if compile else ""
+    return BenchConfig(name, group, "omniglot", meta_batch, ways, shots, 1, steps, order == "fo", executor,
+                       task_chunk, checkpoint_inner, compile)
+
+
+def configs() -> list[BenchConfig]:
+    out = []
+    for order in ("so", "fo"):
+        for steps in (1, 5):
+            for ex in ("vmap", "loop"):
+                out.append(_omniglot("omniglot", 5, 1, order, steps, ex))
+    for order in ("so", "fo"):
+        for ex in ("vmap", "loop"):
+            out.append(BenchConfig(f"sine-{order}-1step-{ex}", "sine", "sine", 25, first_order=order == "fo", executor=ex))
+    for chunk in (16, 8, 4):
+        out.append(_omniglot("chunk", 5, 1, "so", 5, "vmap", task_chunk=chunk))
+    out.append(_omniglot("chunk", 5, 1, "so", 5, "vmap", checkpoint_inner=True))
+    for ways, shots, batch in ((20, 1, 16), (5, 5, 32), (20, 5, 16)):
+        for ex in ("vmap", "loop"):
+            out.append(_omniglot("crossover", ways, shots, "so", 1, ex, meta_batch=batch))
+    for mode in ("default", "reduce-overhead"):
+        out.append(_omniglot("compile", 5, 1, "so", 1, "vmap", compile=mode))
+        out.append(BenchConfig(f"sine-so-1step-vmap-compile-{mode}", "compile", "sine", 25, compile=mode))
+    return out
+
+
+# --------------------------------------------------------------------------- one configuration
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
+    """Time ``iters`` meta-steps after ``warmup`` ones (this process only; see run_in_subprocess)."""
+    import torch
+
+    from .learners.executors import resolve_executor
+    from .learners.maml import MAML, MAMLConfig
+    from .models.conv4 import Conv4, Conv4Config
+    from .models.mlp import MLPConfig, make_mlp
+    from .tasks.batch import TaskBatch
+    from .tasks.sinusoid import Sinusoid
+    from .train import meta_step
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    if cfg.task == "sine":
+        model, kind, inner_lr = make_mlp(MLPConfig(hidden=[40, 40]), (1,), 1), "regression", 0.01
+        batch = Sinusoid().sample(cfg.meta_batch, g)
+    else:
+        model, kind, inner_lr = Conv4(Conv4Config(channels=64, downsample="stride"), 1, cfg.ways), "classification", 0.4
+        s, q = cfg.ways * cfg.shots, cfg.ways * cfg.queries
+        batch = TaskBatch(
+            torch.rand(cfg.meta_batch, s, 1, 28, 28, generator=g),
+            torch.arange(cfg.ways).repeat_interleave(cfg.shots).repeat(cfg.meta_batch, 1),
+            torch.rand(cfg.meta_batch, q, 1, 28, 28, generator=g),
+            torch.arange(cfg.ways).repeat_interleave(cfg.queries).repeat(cfg.meta_batch, 1),
+        )
+    hp = MAMLConfig(inner_lr=inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
+                    executor=cfg.executor, checkpoint_inner=cfg.checkpoint_inner)
+    learner = MAML(hp, model, kind).to(dev)
+    batch = batch.to(dev)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    if cfg.compile:
+        learner.meta_loss = torch.compile(learner.meta_loss, mode=cfg.compile)
+    cuda = dev.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def step():
+        meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
+
+    rss_before = _max_rss_mb()
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        step()
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = {
+        "its_per_s": iters / wall,
+        "ms_per_it": 1000 * wall / iters,
+        "cpu_ms_per_it": 1000 * cpu / iters,
+        "warmup_s": warmup_s,
+        "auto_picks": resolve_executor("auto", (batch.support_x, batch.query_x), (0, 0)),
+    }
+    if cuda:
+        result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
+    return result
+
+
+def run_in_subprocess(cfg: BenchConfig, device: str, iters: int, warmup: int, threads: int, timeout: float) -> dict:
+    """``measure`` in a fresh interpreter; {"error": ...} if it fails or runs past ``timeout`` s."""
+    spec = json.dumps({"config": dataclasses.asdict(cfg), "device": device, "iters": iters, "warmup": warmup, "threads": threads})
+    try:
+        done = subprocess.run([sys.executable, "-m", "metagrad.bench", "--worker", spec], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        return {"error": lines[-1][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _worker(spec: str) -> None:
+    import torch
+
+    args = json.loads(spec)
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    print(json.dumps(measure(BenchConfig(**args["config"]), args["device"], args["iters"], args["warmup"])))
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device.startswith("cuda"):
+        env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(torch.device(device)))
+    return env
+
+
+def speedups(rows: list[dict]) -> list[tuple[str, float]]:
+    """(setting, vmap its/s ÷ loop its/s) for each setting measured with both executors."""
+    by_name = {r["name"]: r for r in rows if "its_per_s" in r}
+    out = []
+    for name, r in by_name.items():
+        loop = by_name.get(name.replace("-vmap", "-loop")) if "-vmap" in name else None
+        if loop is not None:
+            out.append((name.replace("-vmap", ""), r["its_per_s"] / loop["its_per_s"]))
+    return out
+
+
+def format_table(rows: list[dict], env: dict) -> str:
+    mem = "peak MB (step MB)" if not env["device"].startswith("cuda") else "peak alloc MB"
+    lines = [f"{'configuration':<44} {'it/s':>8} {'ms/it':>9} {'cpu ms/it':>10} {mem:>18}  auto", "-" * 100]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['name']:<44} FAILED: {r['error']}")
+            continue
+        m = f"{r['peak_mb']:.0f}" + (f" ({r['step_mb']:.0f})" if "step_mb" in r else "")
+        lines.append(f"{r['name']:<44} {r['its_per_s']:>8.2f} {r['ms_per_it']:>9.1f} {r['cpu_ms_per_it']:>10.1f} {m:>18}  {r['auto_picks']}")
+    pairs = speedups(rows)
+    if pairs:
+        lines += ["", "vmap speed-up over the per-task loop (its/s ratio):"]
+        lines += [f"  {name:<40} {ratio:5.2f}x" for name, ratio in pairs]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """Entry point of `metagrad bench` (arguments: see cli.py)."""
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    groups = set(args.groups.split(",")) if args.groups else {"omniglot", "sine", "chunk"}
+    unknown = groups - set(GROUPS)
+    if unknown:
+        print(f"metagrad bench: unknown group {sorted(unknown)[0]!r}; allowed: {', '.join(GROUPS)}", file=sys.stderr)
+        return 2
+    if args.list:
+        for c in configs():
+            print(f"{c.group:<10} {c.name}")
+        return 0
+    chosen = [c for c in configs() if c.group in groups and (not args.only or any(p in c.name for p in args.only))]
+    if not chosen:
+        print("metagrad bench: no configuration matches; see `metagrad bench --list`", file=sys.stderr)
+        return 2
+    env = environment(device)
+    env.update(threads=args.threads or torch.get_num_threads(), iters=args.iters, warmup=args.warmup, load_before=os.getloadavg())
+    print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    rows = []
+    for c in chosen:
+        r = {"name": c.name, "group": c.group, **run_in_subprocess(c, device, args.iters, args.warmup, args.threads, args.timeout)}
+        rows.append(r)
+        tail = f"FAILED: {r['error']}" if "error" in r else f"{r['its_per_s']:.2f} it/s, {r['peak_mb']:.0f} MB"
+        print(f"  {c.name}: {tail}", flush=True)
+    env["load_after"] = os.getloadavg()
+    print()
+    print(format_table(rows, env))
+    print(f"load average before {env['load_before']}, after {env['load_after']}")
+    if args.out:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--groups", help=f"comma-separated groups (default: omniglot,sine,chunk; all: {','.join(GROUPS)})")
+    p.add_argument("--only", action="append", metavar="TEXT", help="keep configurations whose name contains TEXT (repeatable)")
+    p.add_argument("--iters", type=int, default=5, help="timed meta-iterations per configuration (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed meta-iterations first (default 1; compilation happens here)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per configuration (default: torch's)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds before a configuration is abandoned")
+    p.add_argument("--out", help="write the results as JSON to this file")
+    p.add_argument("--list", action="store_true", help="list the configurations and exit")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2])
+    else:
+        parser = argparse.ArgumentParser(prog="python -m metagrad.bench")
+        add_arguments(parser)
+        sys.exit(run(parser.parse_args()))
