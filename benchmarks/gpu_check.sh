@@ -5,7 +5,9 @@
 #      recomputed inner loop, torch.compile with inductor, auto executor) and the distributed
 #      equality test (which needs two GPUs for nccl, and says so when skipped);
 #   3. `metagrad bench` on CUDA: MAML on Omniglot 5-way 1-shot and sinusoid, both executors,
-#      task chunks, then torch.compile (default and reduce-overhead) last.
+#      task chunks, then torch.compile (default and reduce-overhead);
+#   4. `metagrad train` end to end on CUDA with train.compile=reduce-overhead (if matplotlib and
+#      tensorboard are installed).
 # Run from anywhere:  bash benchmarks/gpu_check.sh [RESULTS_DIR]   (default: ./gpu-check-results)
 # It uses the checkout's src/ through PYTHONPATH, so `pip install -e .` is not needed; it needs
 # torch with CUDA, numpy, pillow, tqdm and pytest. Any failure stops it with a non-zero status.
@@ -44,4 +46,13 @@ echo "== benchmark (eager)"
 echo "== benchmark (torch.compile)"
 "$PY" -m metagrad bench --device cuda --groups compile --iters 20 --warmup 3 --timeout 240 \
     --out "$RESULTS/bench-compile.json" 2>&1 | tee "$RESULTS/bench-compile.txt"
+echo "== meta-training end to end on CUDA (sine-quick, 600 iterations, compile=reduce-overhead)"
+if "$PY" -c "import matplotlib, tensorboard" 2>/dev/null; then
+    rm -rf "$RESULTS/sine-run"
+    "$PY" -m metagrad train --preset sine-quick --out "$RESULTS/sine-run" --quiet --set train.device=cuda \
+        --set train.iterations=600 --set train.compile=reduce-overhead --set train.eval_every=300 \
+        --set train.checkpoint_every=300 --set train.test_tasks=100 2>&1 | tee "$RESULTS/train.txt"
+else
+    echo "skipped: matplotlib or tensorboard is not installed here (the training loop's logs and plots need them)"
+fi
 echo "== gpu_check passed; results in $RESULTS"

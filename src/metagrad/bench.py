@@ -1,9 +1,10 @@
 """`metagrad bench`: meta-iterations per second and peak memory of MAML's meta-step.
 
-Every configuration runs in a fresh subprocess (``python -m metagrad.bench --worker SPEC``), so
-its peak memory is its own: on the CPU the process's peak resident set (``ru_maxrss``, which
+On the CPU every configuration runs in a fresh subprocess (``python -m metagrad.bench --worker
+SPEC``), so that its peak memory is its own: the process's peak resident set (``ru_maxrss``, which
 only grows) after the timed steps, minus the peak before the first step (imports, model, data),
-gives the meta-step's footprint; on CUDA, ``torch.cuda.max_memory_allocated``. One iteration is
+gives the meta-step's footprint. On CUDA the peak is ``torch.cuda.max_memory_allocated`` since a
+reset, so configurations share one process, except compiled ones (a fresh process each). One iteration is
 what the training loop does per step: ``train.meta_step`` (zero grads, the meta-gradient chunk by
 chunk, Adam) on a fixed synthetic batch of the right shape (data loading is benchmarked apart,
 benchmarks/bench_sampler.py). Times are wall clock; on a shared CPU also read the CPU-time
@@ -127,13 +128,13 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
         meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
 
     rss_before = _max_rss_mb()
+    if cuda:  # the peak includes the warm-up: CUDA graphs allocate their memory pool there
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     sync()
     warmup_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
@@ -151,6 +152,19 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     else:
         result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
     return result
+
+
+def measure_here(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
+    """``measure`` in this process ({"error": ...} if it fails): on CUDA the peak memory of one
+    configuration is its own (``reset_peak_memory_stats``), so eager ones need no fresh process."""
+    import torch
+
+    try:
+        return measure(cfg, device, iters, warmup)
+    except Exception as e:  # reported in the table, and as the exit status
+        return {"error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+    finally:
+        torch.cuda.empty_cache()
 
 
 def run_in_subprocess(cfg: BenchConfig, device: str, iters: int, warmup: int, threads: int, timeout: float) -> dict:
@@ -254,7 +268,10 @@ def run(args) -> int:
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     rows = []
     for c in chosen:
-        r = {"name": c.name, "group": c.group, **run_in_subprocess(c, device, args.iters, args.warmup, args.threads, args.timeout)}
+        if device.startswith("cuda") and not c.compile:
+            r = {"name": c.name, "group": c.group, **measure_here(c, device, args.iters, args.warmup)}
+        else:
+            r = {"name": c.name, "group": c.group, **run_in_subprocess(c, device, args.iters, args.warmup, args.threads, args.timeout)}
         rows.append(r)
         tail = f"FAILED: {r['error']}" if "error" in r else f"{r['its_per_s']:.2f} it/s, {r['peak_mb']:.0f} MB"
         print(f"  {c.name}: {tail}", flush=True)

@@ -69,7 +69,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = choice("float32", ("float32", "float64"))
     task_chunk: int = nonnegative(0)  # tasks per backward pass; 0 = the whole meta-batch at once
-    compile: bool = False  # torch.compile the learner's meta_loss (docs/performance.md)
+    # torch.compile the learner's meta_loss with this mode; "reduce-overhead" adds CUDA graphs (performance.md)
+    compile: str = choice("off", ("off", "default", "reduce-overhead"))
 
 
 SECTIONS: dict[str, Registry] = {"task": TASKS, "model": MODELS, "learner": LEARNERS}

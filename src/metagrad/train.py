@@ -185,8 +185,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         start = int(state["iteration"])
         if ctx.is_main:
             log(f"resuming {run_dir} from iteration {start}")
-    if tc.compile:
-        learner.meta_loss = torch.compile(learner.meta_loss)
+    if tc.compile != "off":
+        learner.meta_loss = torch.compile(learner.meta_loss, mode=tc.compile)
 
     def checkpoint(iteration: int) -> None:
         if ctx.is_main:
