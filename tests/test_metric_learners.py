@@ -1,0 +1,155 @@
+"""Prototypical Networks, Matching Networks and k-NN: the formulas on tiny hand-made examples,
+per-task BatchNorm statistics, vectorised == loop, and short learning / CLI runs on real Omniglot."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from metagrad.cli import main
+from metagrad.config import load_config
+from metagrad.errors import ConfigError
+from metagrad.learners.knn import KNN, KNNConfig
+from metagrad.learners.matching import MatchingConfig, MatchingNet
+from metagrad.learners.protonet import ProtoNet
+from metagrad.models.conv4 import Conv4, Conv4Config
+from metagrad.tasks import TaskBatch
+from metagrad.train import train
+
+from small_omniglot import SMALL_SETS, last_val, omniglot_cache  # noqa: F401
+
+
+def conv_net(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Conv4(Conv4Config(channels=8, blocks=2), 1, None).double()
+
+
+def episodes(tasks=3, ways=4, shots=2, queries=3, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    y = lambda k: torch.stack([torch.randperm(ways * k, generator=g) % ways for _ in range(tasks)])  # noqa: E731
+    x = lambda n: torch.rand(tasks, n, 1, 12, 12, generator=g, dtype=torch.float64)  # noqa: E731
+    return TaskBatch(x(ways * shots), y(shots), x(ways * queries), y(queries))
+
+
+def test_protonet_logits_are_negative_squared_distances_to_class_means():
+    zs = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])  # class 0: (0,0), (2,0); class 1: (0,3)
+    ys = torch.tensor([[0, 0, 1]])
+    zq = torch.tensor([[[1.0, 1.0], [0.0, 2.0]]])
+    learner = ProtoNet(nn.Identity(), "vmap")
+    # prototypes (1, 0) and (0, 3)
+    expected = -torch.tensor([[[0.0 + 1.0, 1.0 + 4.0], [1.0 + 4.0, 0.0 + 1.0]]])
+    torch.testing.assert_close(learner.classify(zs, ys, zq), expected)
+
+
+def test_protonet_through_the_network_matches_a_hand_computation():
+    net, batch = conv_net(), episodes()
+    learner = ProtoNet(net, "vmap")
+    pred = learner.adapt(batch.support_x, batch.support_y)(batch.query_x)
+    for b in range(len(batch)):
+        z = net(torch.cat([batch.support_x[b], batch.query_x[b]]))  # one batch per task
+        zs, zq = z[: batch.support_x.shape[1]], z[batch.support_x.shape[1] :]
+        protos = torch.stack([zs[batch.support_y[b] == k].mean(0) for k in range(4)])
+        expected = -torch.stack([((zq - c) ** 2).sum(-1) for c in protos], -1)
+        torch.testing.assert_close(pred[b], expected)
+
+
+def test_one_shot_protonet_is_nearest_neighbour_in_embedding_space():
+    net, batch = conv_net(), episodes(shots=1, queries=5)
+    proto = ProtoNet(net, "vmap").adapt(batch.support_x, batch.support_y)(batch.query_x)
+    knn = KNN(KNNConfig(k=1, embedding="learned"), net).adapt(batch.support_x, batch.support_y)(batch.query_x)
+    assert torch.equal(proto.argmax(-1), knn.argmax(-1))
+    zs, zq = ProtoNet(net, "vmap").embed(batch.support_x, batch.query_x)
+    nearest = torch.cdist(zq, zs).argmin(-1)
+    assert torch.equal(proto.argmax(-1), batch.support_y.gather(1, nearest))
+
+
+def test_knn_majority_vote_and_tie_break():
+    zs = torch.tensor([[[0.0], [1.0], [1.1], [5.0], [5.2]]])
+    ys = torch.tensor([[0, 1, 1, 2, 2]])
+    zq = torch.tensor([[[0.2], [4.0], [0.7]]])
+    pred = KNN(KNNConfig(k=3), nn.Identity()).classify(zs, ys, zq)
+    # q=0.2: neighbours 0(0), 1(1), 1.1(1) -> class 1 by majority; q=4: 5, 5.2 (2) and 1.1 (1) -> 2
+    assert pred.argmax(-1).tolist() == [[1, 2, 1]]
+    tie = KNN(KNNConfig(k=2), nn.Identity()).classify(zs, ys, torch.tensor([[[0.4]]]))  # 0 (class 0) and 1 (class 1)
+    assert tie.argmax(-1).item() == 0  # the nearer neighbour's class wins the tie
+    assert KNN(KNNConfig(k=1), nn.Identity()).classify(zs, ys, zq).argmax(-1).tolist() == [[0, 2, 1]]
+
+
+def test_matching_attention_sums_to_one_and_supports_classify_themselves():
+    for fce in (False, True):
+        torch.manual_seed(0)
+        learner = MatchingNet(MatchingConfig(fce=fce, temperature=0.1), conv_net(), 8).double()
+        batch = episodes()
+        zs, zq = learner.embed(batch.support_x, batch.query_x)
+        attn = learner.attention(zs, zq)
+        assert attn.shape == (3, 12, 8) and (attn >= 0).all()
+        torch.testing.assert_close(attn.sum(-1), torch.ones(3, 12, dtype=torch.float64))
+        logp = learner.classify(zs, batch.support_y, zq)
+        onehot = torch.nn.functional.one_hot(batch.support_y, 4).double()
+        torch.testing.assert_close(logp.exp(), attn @ onehot)  # attention-weighted labels
+    learner = MatchingNet(MatchingConfig(), conv_net(), 0).double()
+    batch = episodes(shots=1)  # cosine 1 with itself, < 1 with the other classes' single supports
+    own = learner.adapt(batch.support_x, batch.support_y)(batch.support_x)  # each support point as a query
+    assert torch.equal(own.argmax(-1), batch.support_y)
+
+
+@pytest.mark.parametrize("make", [lambda net, ex: ProtoNet(net, ex),
+                                  lambda net, ex: MatchingNet(MatchingConfig(executor=ex), net, 0),
+                                  lambda net, ex: KNN(KNNConfig(k=3, embedding="learned", executor=ex), net)])
+def test_vectorised_equals_loop_and_tasks_do_not_see_each_other(make):
+    batch = episodes()
+    preds, grads = {}, {}
+    for ex in ("vmap", "loop"):
+        learner = make(conv_net(), ex)
+        learner.zero_grad()
+        learner.accumulate_meta_grad(batch)
+        grads[ex] = [p.grad for p in learner.parameters()]
+        preds[ex] = learner.eval_predictions(batch)["adapted"]
+    torch.testing.assert_close(preds["vmap"], preds["loop"])
+    for a, b in zip(grads["vmap"], grads["loop"]):
+        torch.testing.assert_close(a, b)
+    alone = make(conv_net(), "vmap").eval_predictions(batch[1])["adapted"]
+    torch.testing.assert_close(alone[0], preds["vmap"][1])  # BatchNorm statistics are per task
+
+
+def test_pixel_knn_has_no_parameters_and_trains_as_a_no_op(tmp_path, shared_data, omniglot_cache):
+    cfg = load_config("knn-pixels-omniglot-5w1s", [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=2",
+                                                     "train.eval_tasks=50", "train.test_tasks=50"])
+    report = train(cfg, tmp_path / "run", progress=False)
+    assert 0.3 < report["test"]["adapted"]["mean"] < 0.9  # raw-pixel 1-NN: clearly above chance (0.2)
+
+
+def test_metric_learners_need_classification_tasks():
+    from metagrad.learners.protonet import ProtoNetConfig, make_protonet
+    from metagrad.tasks import Sinusoid
+
+    with pytest.raises(ConfigError, match="needs a classification task"):
+        make_protonet(ProtoNetConfig(), lambda n_outputs: nn.Identity(), Sinusoid())
+
+
+LEARN = ["task.image_size=14", "model.channels=32", "model.blocks=3", "train.eval_every=0", "train.eval_tasks=200",
+         "train.test_tasks=10", "train.log_every=50"]
+
+
+@pytest.mark.parametrize("preset,extra", [
+    ("protonet-omniglot-5w1s", ["train.iterations=150"]),
+    ("matching-omniglot-5w1s", ["train.iterations=150", "learner.temperature=0.1"]),
+    ("knn-protonet-omniglot-5w1s", ["train.iterations=150"]),
+])
+def test_metric_learners_learn_omniglot(preset, extra, tmp_path, shared_data, omniglot_cache):
+    cfg = load_config(preset, [*SMALL_SETS(shared_data, omniglot_cache), *LEARN, *extra])
+    train(cfg, tmp_path / "run", progress=False)
+    assert last_val(tmp_path / "run", "adapted") > 0.7  # 5-way 1-shot on unseen alphabets; chance 0.2
+
+
+@pytest.mark.parametrize("preset", ["protonet-omniglot-20w5s", "matching-omniglot-5w5s", "knn-pixels-omniglot-20w1s", "protonet-quick"])
+def test_cli_train_and_eval(preset, tmp_path, shared_data, omniglot_cache, capsys):
+    out = tmp_path / "run"
+    sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=2", "train.eval_tasks=4", "train.test_tasks=4",
+            "model.channels=8", "model.blocks=3", "task.image_size=14"]
+    assert main(["train", "--preset", preset, "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert "adapted" in capsys.readouterr().out
+    assert main(["eval", str(out), "--episodes", "4", "--json", "--set", "task.ways=3"]) == 0  # any way count
+    result = json.loads(capsys.readouterr().out)
+    assert result["metric"] == "accuracy" and result["episodes"] == 4 and 0 <= result["mean"] <= 1

@@ -1,0 +1,171 @@
+"""Reptile: the meta-gradient against independent per-task loops with torch.optim (float64),
+vectorised == loop, evaluation modes, and short learning / CLI runs on real Omniglot."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metagrad.cli import main
+from metagrad.config import load_config
+from metagrad.learners.reptile import Reptile, ReptileConfig, minibatch_indices
+from metagrad.models.conv4 import Conv4, Conv4Config
+from metagrad.tasks import Sinusoid, TaskBatch
+from metagrad.train import train
+
+from small_omniglot import SMALL_SETS, last_val, omniglot_cache  # noqa: F401
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+def sine_batch(n_tasks=3, shots=6, queries=4, seed=0) -> TaskBatch:
+    from metagrad.tasks.sinusoid import SinusoidConfig
+
+    return Sinusoid(SinusoidConfig(shots=shots, queries=queries)).sample(n_tasks, torch.Generator().manual_seed(seed)).to(dtype=torch.float64)
+
+
+def image_batch(tasks=3, ways=3, shots=2, queries=2, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    y_s = torch.arange(ways).repeat(shots).expand(tasks, -1).contiguous()
+    y_q = torch.arange(ways).repeat(queries).expand(tasks, -1).contiguous()
+    x = lambda n: torch.rand(tasks, n, 1, 12, 12, generator=g, dtype=torch.float64)  # noqa: E731
+    return TaskBatch(x(ways * shots), y_s, x(ways * queries), y_q)
+
+
+def meta_grad(learner, batch, seed=0) -> dict[str, torch.Tensor]:
+    learner.zero_grad()
+    torch.manual_seed(seed)
+    learner.accumulate_meta_grad(batch)
+    return {k: p.grad.clone() for k, p in learner.model.named_parameters()}
+
+
+@pytest.mark.parametrize("optimizer,inner_batch", [("sgd", 4), ("adam", 4), ("adam", 0)])
+def test_meta_gradient_is_theta_minus_mean_adapted_weights(optimizer, inner_batch):
+    """θ − mean_i θ'_i, with θ'_i from torch.optim.SGD / Adam(β1=0.3) on the same mini-batches."""
+    model = tiny_model()
+    hp = ReptileConfig(inner_optimizer=optimizer, inner_lr=0.05, adam_beta1=0.3, inner_steps=4, inner_batch=inner_batch)
+    learner = Reptile(hp, model, "regression")
+    batch = sine_batch()
+    got = meta_grad(learner, batch)
+
+    torch.manual_seed(0)  # the same mini-batches as the learner draws
+    x = torch.cat([batch.support_x, batch.query_x], 1)
+    y = torch.cat([batch.support_y, batch.query_y], 1)
+    idx = minibatch_indices(len(batch), x.shape[1], 4, inner_batch)
+    theta = {k: p.detach().clone() for k, p in model.named_parameters()}
+    adapted = []
+    for i in range(len(batch)):
+        params = {k: nn.Parameter(v.clone()) for k, v in theta.items()}
+        opt = torch.optim.SGD(params.values(), lr=0.05) if optimizer == "sgd" else torch.optim.Adam(params.values(), lr=0.05, betas=(0.3, 0.999))
+        for t in range(4):
+            opt.zero_grad()
+            pred = functional_call(model, params, (x[i, idx[i, t]],))
+            ((pred - y[i, idx[i, t]]) ** 2).mean().backward()
+            opt.step()
+        adapted.append({k: p.detach() for k, p in params.items()})
+    for k in theta:
+        expected = theta[k] - torch.stack([a[k] for a in adapted]).mean(0)
+        torch.testing.assert_close(got[k], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_weighted_chunks_add_up_to_the_whole_meta_batch():
+    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch=0), tiny_model(), "regression")
+    batch = sine_batch(n_tasks=4)
+    whole = meta_grad(learner, batch)
+    learner.zero_grad()
+    for chunk in batch.chunks(3):
+        learner.accumulate_meta_grad(chunk, weight=len(chunk) / len(batch))
+    for k, p in learner.model.named_parameters():
+        torch.testing.assert_close(p.grad, whole[k], rtol=1e-10, atol=1e-12)
+
+
+def test_outer_sgd_step_interpolates_toward_the_adapted_weights():
+    """With train.optimizer = sgd and lr ε the loop's update is θ + ε (mean θ' − θ)."""
+    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3, inner_batch=0), tiny_model(), "regression")
+    theta = {k: p.detach().clone() for k, p in learner.model.named_parameters()}
+    grads = meta_grad(learner, sine_batch())
+    torch.optim.SGD(learner.parameters(), lr=0.25).step()
+    for k, p in learner.model.named_parameters():
+        mean_adapted = theta[k] - grads[k]
+        torch.testing.assert_close(p.detach(), theta[k] + 0.25 * (mean_adapted - theta[k]))
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_vectorised_equals_loop(transductive):
+    batch = image_batch()
+    out = {}
+    for executor in ("vmap", "loop"):
+        torch.manual_seed(1)
+        model = Conv4(Conv4Config(channels=6, blocks=2, downsample="stride"), 1, 3).double()
+        hp = ReptileConfig(inner_steps=3, inner_batch=4, eval_steps=4, eval_inner_batch=3, transductive=transductive, executor=executor)
+        learner = Reptile(hp, model, "classification")
+        grads = meta_grad(learner, batch, seed=3)
+        torch.manual_seed(4)
+        out[executor] = (grads, learner.eval_predictions(batch))
+    (g_v, p_v), (g_l, p_l) = out["vmap"], out["loop"]
+    assert list(p_v) == ["0 steps", "3 steps", "4 steps"]
+    for k in g_v:
+        torch.testing.assert_close(g_v[k], g_l[k], rtol=1e-9, atol=1e-10)  # conv biases before BatchNorm: ~0
+    for k in p_v:
+        torch.testing.assert_close(p_v[k], p_l[k], rtol=1e-9, atol=1e-12)
+
+
+def test_non_transductive_prediction_sees_support_plus_one_query():
+    """Each query is predicted in a batch of the support set plus that query alone, so its
+    prediction does not depend on the other queries; transductive predictions do."""
+    torch.manual_seed(0)
+    model = Conv4(Conv4Config(channels=6, blocks=2, downsample="stride"), 1, 3).double()
+    batch = image_batch(tasks=2)
+    learner = Reptile(ReptileConfig(eval_steps=0), model, "classification")
+    params = {k: p.detach().expand(2, *p.shape) for k, p in model.named_parameters()}
+    pred = learner.predict(params, batch.support_x, batch.query_x)
+    for b in range(2):
+        for q in range(batch.query_x.shape[1]):
+            alone = torch.cat([batch.support_x[b], batch.query_x[b, q : q + 1]])
+            torch.testing.assert_close(pred[b, q], model(alone)[-1])
+    learner.hp.transductive = True
+    torch.testing.assert_close(learner.predict(params, batch.support_x, batch.query_x), torch.stack([model(batch.query_x[b]) for b in range(2)]))
+
+
+def test_minibatches_are_reshuffled_passes_without_replacement():
+    idx = minibatch_indices(tasks=2, n=6, steps=5, batch=4)  # 20 draws = 3 full passes + 2
+    assert idx.shape == (2, 5, 4)
+    flat = idx.reshape(2, -1)
+    for t in range(2):
+        for p in range(3):
+            assert sorted(flat[t, 6 * p : 6 * p + 6].tolist()) == list(range(6))
+    assert minibatch_indices(2, 6, 3, 0).shape == (2, 3, 6)
+
+
+def test_bad_beta1_is_a_config_error():
+    from metagrad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adam_beta1 must be < 1"):
+        load_config("reptile-omniglot-5w5s", ["learner.adam_beta1=1"])
+
+
+def test_reptile_learns_omniglot(shared_data, tmp_path, omniglot_cache):
+    """5-way 1-shot at 14x14 pixels with a small Conv-3 and inner SGD, to fit in seconds."""
+    cfg = load_config("reptile-omniglot-5w5s", [*SMALL_SETS(shared_data, omniglot_cache), "task.shots=1", "task.queries=4", "task.image_size=14",
+                                                  "model.channels=16", "model.blocks=3", "learner.inner_optimizer=sgd", "learner.inner_lr=0.5",
+                                                  "learner.inner_batch=0", "learner.inner_steps=5", "learner.eval_steps=10", "learner.eval_inner_batch=0",
+                                                  "learner.transductive=true", "train.iterations=200", "train.meta_batch=4", "train.lr=1.0",
+                                                  "train.lr_schedule=constant", "train.eval_every=0", "train.eval_tasks=200", "train.test_tasks=10"])
+    train(cfg, tmp_path / "run", progress=False)
+    assert last_val(tmp_path / "run", "10_steps") > 0.5  # chance: 0.2
+
+
+def test_cli_train_and_eval(shared_data, tmp_path, omniglot_cache, capsys):
+    out = tmp_path / "run"
+    sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=3", "train.eval_tasks=4", "train.test_tasks=4",
+            "train.eval_batch=2", "learner.eval_steps=2", "model.channels=8", "task.image_size=14"]
+    assert main(["train", "--preset", "reptile-omniglot-5w1s", "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert "2 steps" in capsys.readouterr().out
+    assert main(["eval", str(out), "--episodes", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["headline"] == "2 steps" and {r["setting"] for r in result["results"]} == {"0 steps", "2 steps"}
