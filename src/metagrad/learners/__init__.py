@@ -3,8 +3,11 @@
 from .base import MetaLearner
 from .knn import KNN, KNNConfig
 from .maml import MAML, MAMLConfig
+from .mann import MANN, MANNConfig
 from .matching import MatchingConfig, MatchingNet
+from .metanet import MetaNet, MetaNetConfig
 from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
+from .snail import SNAIL, SNAILConfig
 
-__all__ = ["MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MatchingConfig", "MatchingNet", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig"]
+__all__ = ["MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
