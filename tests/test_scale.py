@@ -84,13 +84,20 @@ def test_compiled_meta_loss_gives_the_same_meta_gradient():
 
 def test_auto_executor_rule():
     sine = Sinusoid().sample(25, torch.Generator().manual_seed(0))
-    assert resolve_executor("auto", (sine.support_x, sine.query_x), (0, 0)) == "vmap"
     side = int((AUTO_LOOP_ABOVE / 2 / 32 / 10) ** 0.5) + 1  # 32 tasks x 10 images of side x side: just above
     big = torch.zeros(32, 10, 1, side, side)
-    assert resolve_executor("auto", (big, big), (0, 0)) == "loop"
-    assert resolve_executor("auto", (big, big), (0, None)) == "vmap"  # only batched arguments count
-    assert resolve_executor("auto", (big[:, :4], big[:, :4]), (0, 0)) == "vmap"
-    if torch.cuda.is_available():
-        assert resolve_executor("auto", (big.cuda(), big.cuda()), (0, 0)) == "vmap"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert resolve_executor("auto", (sine.support_x, sine.query_x), (0, 0)) == "vmap"
+        assert resolve_executor("auto", (big, big), (0, 0)) == "loop"
+        assert resolve_executor("auto", (big, big), (0, None)) == "vmap"  # only batched arguments count
+        assert resolve_executor("auto", (big[:, :4], big[:, :4]), (0, 0)) == "vmap"
+        if torch.cuda.is_available():
+            assert resolve_executor("auto", (big.cuda(), big.cuda()), (0, 0)) == "vmap"
+        torch.set_num_threads(2)
+        assert resolve_executor("auto", (big, big), (0, 0)) == "vmap"
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="executor must be one of"):
         resolve_executor("gpu", (big,), (0,))
