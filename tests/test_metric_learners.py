@@ -128,19 +128,19 @@ def test_metric_learners_need_classification_tasks():
         make_protonet(ProtoNetConfig(), lambda n_outputs: nn.Identity(), Sinusoid())
 
 
-LEARN = ["task.image_size=14", "model.channels=32", "model.blocks=3", "train.eval_every=0", "train.eval_tasks=200",
-         "train.test_tasks=10", "train.log_every=50"]
+LEARN = ["task.image_size=14", "model.channels=32", "model.blocks=3", "train.iterations=100", "train.eval_every=0",
+         "train.eval_tasks=100", "train.test_tasks=10", "train.log_every=50"]
 
 
 @pytest.mark.parametrize("preset,extra", [
-    ("protonet-omniglot-5w1s", ["train.iterations=150"]),
-    ("matching-omniglot-5w1s", ["train.iterations=150", "learner.temperature=0.1"]),
-    ("knn-protonet-omniglot-5w1s", ["train.iterations=150"]),
+    ("protonet-omniglot-5w1s", ["task.ways=20"]),  # trains on 20-way episodes, tests 5-way
+    ("matching-omniglot-5w1s", ["learner.temperature=0.1"]),
+    ("knn-protonet-omniglot-5w1s", ["task.ways=20", "task.shots=2", "task.eval_shots=2", "learner.k=3"]),  # k-NN, not prototypes
 ])
 def test_metric_learners_learn_omniglot(preset, extra, tmp_path, shared_data, omniglot_cache):
     cfg = load_config(preset, [*SMALL_SETS(shared_data, omniglot_cache), *LEARN, *extra])
     train(cfg, tmp_path / "run", progress=False)
-    assert last_val(tmp_path / "run", "adapted") > 0.7  # 5-way 1-shot on unseen alphabets; chance 0.2
+    assert last_val(tmp_path / "run", "adapted") > 0.6  # 5-way on unseen alphabets; chance 0.2
 
 
 @pytest.mark.parametrize("preset", ["protonet-omniglot-20w5s", "matching-omniglot-5w5s", "knn-pixels-omniglot-20w1s", "protonet-quick"])

@@ -178,4 +178,7 @@ class Reptile(MetaLearner):
 @LEARNERS.register("reptile", ReptileConfig)
 def make_reptile(hp: ReptileConfig, build_model, task) -> Reptile:
     """Reptile: move the initialisation toward task-adapted weights (SGD or Adam inner loop)."""
-    return Reptile(hp, build_model(task.n_outputs), task.kind)
+    learner = Reptile(hp, build_model(task.n_outputs), task.kind)
+    if task.kind == "classification":
+        learner.fixed_ways = task.n_outputs  # the head has one output per class
+    return learner
