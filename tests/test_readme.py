@@ -1,0 +1,17 @@
+"""The README's Python example runs as written and learns."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+
+def test_readme_example_runs_as_written():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    mse = {line.rsplit(" ", 3)[0]: float(line.rsplit(" ", 3)[1]) for line in out.getvalue().splitlines()}
+    assert set(mse) == {"0 steps", "1 step"} | {f"{k} steps" for k in range(2, 11)}
+    assert mse["1 step"] < 0.5 * mse["0 steps"]
