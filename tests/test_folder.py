@@ -175,3 +175,44 @@ def test_class_count_and_config_errors(classes):
     # decoded images keep their content: a uniform image stays uniform after resizing
     arr = read_image(next((classes / "class05").glob("*.png")), 7, 1)
     assert np.ptp(arr) <= 1
+
+
+def test_cli_trains_on_a_users_folders_and_adapts(tmp_path, capsys):
+    """`metagrad train --data folder:PATH` meta-trains on class folders (here: 10 classes of
+    coloured shapes, class = colour x shape), and `adapt` uses the result on new folders."""
+    import json
+
+    from metagrad.cli import main
+
+    root = tmp_path / "images"
+    colours = ["red", "green", "blue", "yellow", "white"]
+    for c, colour in enumerate(colours):
+        for shape in ("box", "bar"):
+            d = root / f"{colour}-{shape}"
+            d.mkdir(parents=True)
+            for i in range(6):
+                img = Image.new("RGB", (40 + 3 * i, 36), "black")
+                w, h = img.size
+                box = (4 + i, 4, w - 4, h - 4) if shape == "box" else (w // 2 - 3, 2 + i, w // 2 + 3, h - 2)
+                img.paste(colour, box)
+                img.save(d / f"{i}.png")
+    run = tmp_path / "run"
+    code = main(["train", "--data", f"folder:{root}", "--out", str(run), "--quiet",
+                 "--set", "train.iterations=20", "--set", "train.eval_every=0", "--set", "train.test_tasks=10",
+                 "--set", "task.ways=2", "--set", "task.queries=2"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["task"]["name"] == "folder" and cfg["task"]["path"] == str(root)
+    code = main(["adapt", str(run), "--support", str(root), "--query", str(root / "red-box")])
+    assert code == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    assert len(lines) == 6 and sum(pred == "red-box" for _, pred, _ in lines) >= 4, lines  # 10 classes: chance 10%
+
+
+def test_cli_data_flag_errors(tmp_path, capsys):
+    from metagrad.cli import main
+
+    assert main(["train", "--data", "images:/x", "--out", str(tmp_path / "r")]) == 2
+    assert "expected folder:PATH" in capsys.readouterr().err
+    assert main(["train", "--data", f"folder:{tmp_path / 'none'}", "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist or is not a folder" in capsys.readouterr().err
