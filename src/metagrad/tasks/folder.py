@@ -30,22 +30,15 @@ from tqdm.auto import tqdm
 from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
-from .images import EpisodeSampler, ImageClassDataset, episode_shape
+from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
 
 
 @dataclass
-class FolderConfig:
+class FolderConfig(EpisodeConfig):
     path: str = ""  # folder with one sub-folder of images per class
-    ways: int = positive(5)
-    shots: int = positive(1)
-    queries: int = positive(1)  # query images per class
-    # val/test episodes; 0 = as in training (a different eval_ways needs a learner without a fixed head)
-    eval_ways: int = nonnegative(0)
-    eval_shots: int = nonnegative(0)
-    eval_queries: int = nonnegative(0)
     image_size: int = positive(28)
     channels: int = choice(1, (1, 3))
     val_fraction: float = nonnegative(0.2)  # share of the classes held out for "val"

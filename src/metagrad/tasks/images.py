@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..config import nonnegative, positive
 from ..errors import ConfigError, DataError
 from .batch import TaskBatch
 
@@ -63,7 +64,20 @@ def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Ten
     return out.gather(1, torch.rand(rows, k, generator=generator).argsort(dim=1))
 
 
-def episode_shape(cfg, split: str) -> tuple[int, int, int]:
+@dataclass
+class EpisodeConfig:
+    """The N-way K-shot shape of a class-indexed task family's episodes (a base of its config)."""
+
+    ways: int = positive(5)
+    shots: int = positive(1)
+    queries: int = positive(1)  # query images per class
+    # val/test episodes; 0 = as in training (a different eval_ways needs a learner without a fixed head)
+    eval_ways: int = nonnegative(0)
+    eval_shots: int = nonnegative(0)
+    eval_queries: int = nonnegative(0)
+
+
+def episode_shape(cfg: EpisodeConfig, split: str) -> tuple[int, int, int]:
     """(ways, shots, queries) of ``split``: val/test take ``cfg.eval_ways/eval_shots/eval_queries``
     where those are set (> 0), e.g. ProtoNets train 60-way and test 5-way."""
     if split == "train":

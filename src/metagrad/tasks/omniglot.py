@@ -52,11 +52,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import choice, nonnegative, positive
+from ..config import choice, positive
 from ..errors import ConfigError, DataError
 from ..io import atomic_write
 from ..registry import TASKS
-from .images import EpisodeSampler, ImageClassDataset, episode_shape
+from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape
 
 DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 MD5 = {
@@ -72,14 +72,7 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class OmniglotConfig:
-    ways: int = positive(5)
-    shots: int = positive(1)
-    queries: int = positive(1)  # query images per class
-    # val/test episodes; 0 = as in training (a different eval_ways needs a learner without a fixed head)
-    eval_ways: int = nonnegative(0)
-    eval_shots: int = nonnegative(0)
-    eval_queries: int = nonnegative(0)
+class OmniglotConfig(EpisodeConfig):
     split_scheme: str = choice("vinyals", ("vinyals", "lake"))
     train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
