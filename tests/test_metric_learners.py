@@ -134,7 +134,7 @@ LEARN = ["task.image_size=14", "model.channels=32", "model.blocks=3", "train.ite
 
 @pytest.mark.parametrize("preset,extra", [
     ("protonet-omniglot-5w1s", ["task.ways=20"]),  # trains on 20-way episodes, tests 5-way
-    ("matching-omniglot-5w1s", ["learner.temperature=0.1"]),
+    ("matching-omniglot-5w1s", []),
     ("knn-protonet-omniglot-5w1s", ["task.ways=20", "task.shots=2", "task.eval_shots=2", "learner.k=3"]),  # k-NN, not prototypes
 ])
 def test_metric_learners_learn_omniglot(preset, extra, tmp_path, shared_data, omniglot_cache):
