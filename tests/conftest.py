@@ -1,10 +1,16 @@
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# One thread per process (also for the CLI and torchrun subprocesses the tests start): these
+# tests run many small operators, for which a second thread only adds waiting, and on a shared
+# 2-core machine two threads stall each other (docs/performance.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,7 @@ def all_gather_object(obj, ctx: DistContext) -> list:
 
 def all_reduce_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
     """Sum ``.grad`` of ``params`` over ranks in one flat buffer (missing grads count as zero)."""
-    if ctx.world <= 1:
+    if ctx.world <= 1 or not params:  # k-NN on pixels has no parameters
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])

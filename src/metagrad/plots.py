@@ -37,7 +37,8 @@ def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
     ax_loss.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="meta-train query loss")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log")
+    if all(r["loss"] > 0 for r in train):
+        ax_loss.set_yscale("log")
     ax_metric.plot([r["iteration"] for r in train], [r[metric] for r in train], label=f"meta-train {metric}", alpha=0.7)
     if val:
         keys = [k for k in val[-1] if k not in ("iteration", "split")]
