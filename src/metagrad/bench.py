@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -24,7 +25,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-GROUPS = ("omniglot", "sine", "chunk", "crossover", "compile")
+GROUPS = ("omniglot", "sine", "chunk", "crossover", "compile", "incumbents")
+#: libraries timed on the same workload when importable (never dependencies): name -> module
+INCUMBENTS = {"higher": "higher", "learn2learn": "learn2learn"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class BenchConfig:
     queries: int = 1
     inner_steps: int = 1
     first_order: bool = False
-    executor: str = "vmap"
+    executor: str = "vmap"  # vmap | loop | auto, or an incumbent library's name (INCUMBENTS)
     task_chunk: int = 0
     checkpoint_inner: bool = False
     compile: str = ""  # "", or a torch.compile mode: "default", "reduce-overhead"
@@ -74,7 +77,48 @@ def configs() -> list[BenchConfig]:
     for mode in ("default", "reduce-overhead"):
         out.append(_omniglot("compile", 5, 1, "so", 1, "vmap", compile=mode))
         out.append(BenchConfig(f"sine-so-1step-vmap-compile-{mode}", "compile", "sine", 25, compile=mode))
+    for lib in INCUMBENTS:
+        out.append(_omniglot("incumbents", 5, 1, "so", 1, lib))
+        out.append(BenchConfig(f"sine-so-1step-{lib}", "incumbents", "sine", 25, executor=lib))
     return out
+
+
+def incumbent_step(lib: str, model, loss, inner_lr: float, steps: int, first_order: bool, optimizer, batch):
+    """One MAML meta-step written the way the incumbent library's users write it: a Python loop
+    over tasks, each adapted with the library and back-propagated (the same maths as ours)."""
+    import torch
+
+    n = len(batch)
+    if lib == "higher":
+        import higher
+
+        inner_opt = torch.optim.SGD(model.parameters(), lr=inner_lr)
+
+        def step():
+            optimizer.zero_grad()
+            for i in range(n):
+                with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False, track_higher_grads=not first_order) as (fmodel, diffopt):
+                    for _ in range(steps):
+                        diffopt.step(loss(fmodel(batch.support_x[i]), batch.support_y[i]))
+                    (loss(fmodel(batch.query_x[i]), batch.query_y[i]) / n).backward()
+            optimizer.step()
+
+        return step
+    import learn2learn as l2l
+
+    maml = l2l.algorithms.MAML(model, lr=inner_lr, first_order=first_order)
+
+    def step():
+        optimizer.zero_grad()
+        for i in range(n):
+            learner = maml.clone()
+            for _ in range(steps):
+                learner.adapt(loss(learner(batch.support_x[i]), batch.support_y[i]))
+            (loss(learner(batch.query_x[i]), batch.query_y[i]) / n).backward()
+        optimizer.step()
+
+    return step
+
 
 
 # --------------------------------------------------------------------------- one configuration
@@ -111,8 +155,9 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
             torch.rand(cfg.meta_batch, q, 1, 28, 28, generator=g),
             torch.arange(cfg.ways).repeat_interleave(cfg.queries).repeat(cfg.meta_batch, 1),
         )
+    incumbent = cfg.executor in INCUMBENTS
     hp = MAMLConfig(inner_lr=inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
-                    executor=cfg.executor, checkpoint_inner=cfg.checkpoint_inner)
+                    executor="loop" if incumbent else cfg.executor, checkpoint_inner=cfg.checkpoint_inner)
     learner = MAML(hp, model, kind).to(dev)
     batch = batch.to(dev)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -126,6 +171,12 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
 
     def step():
         meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
+
+    if incumbent:
+        from .learners.base import task_loss
+
+        step = incumbent_step(cfg.executor, learner.model, lambda p, y: task_loss(kind, p, y), inner_lr,
+                              cfg.inner_steps, cfg.first_order, optimizer, batch)
 
     rss_before = _max_rss_mb()
     if cuda:  # the peak includes the warm-up: CUDA graphs allocate their memory pool there
@@ -217,13 +268,17 @@ def environment(device: str) -> dict:
 
 
 def speedups(rows: list[dict]) -> list[tuple[str, float]]:
-    """(setting, vmap its/s ÷ loop its/s) for each setting measured with both executors."""
+    """(setting vs other, vmap its/s ÷ other its/s) for each setting measured with vmap and with
+    the per-task loop or an incumbent library."""
     by_name = {r["name"]: r for r in rows if "its_per_s" in r}
     out = []
     for name, r in by_name.items():
-        loop = by_name.get(name.replace("-vmap", "-loop")) if "-vmap" in name else None
-        if loop is not None:
-            out.append((name.replace("-vmap", ""), r["its_per_s"] / loop["its_per_s"]))
+        if "-vmap" not in name or "-vmap-" in name:
+            continue
+        for other in ("loop", *INCUMBENTS):
+            o = by_name.get(name.replace("-vmap", f"-{other}"))
+            if o is not None:
+                out.append((f"{name.replace('-vmap', '')} vs {other}", r["its_per_s"] / o["its_per_s"]))
     return out
 
 
@@ -238,7 +293,7 @@ def format_table(rows: list[dict], env: dict) -> str:
         lines.append(f"{r['name']:<44} {r['its_per_s']:>8.2f} {r['ms_per_it']:>9.1f} {r['cpu_ms_per_it']:>10.1f} {m:>18}  {r['auto_picks']}")
     pairs = speedups(rows)
     if pairs:
-        lines += ["", "vmap speed-up over the per-task loop (its/s ratio):"]
+        lines += ["", "vmap speed-up over the per-task loop and the incumbents (its/s ratio):"]
         lines += [f"  {name:<40} {ratio:5.2f}x" for name, ratio in pairs]
     return "\n".join(lines)
 
@@ -250,7 +305,7 @@ def run(args) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    groups = set(args.groups.split(",")) if args.groups else {"omniglot", "sine", "chunk"}
+    groups = set(args.groups.split(",")) if args.groups else {"omniglot", "sine", "chunk", "incumbents"}
     unknown = groups - set(GROUPS)
     if unknown:
         print(f"metagrad bench: unknown group {sorted(unknown)[0]!r}; allowed: {', '.join(GROUPS)}", file=sys.stderr)
@@ -266,6 +321,10 @@ def run(args) -> int:
     env = environment(device)
     env.update(threads=args.threads or torch.get_num_threads(), iters=args.iters, warmup=args.warmup, load_before=os.getloadavg())
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    missing = {lib for lib, module in INCUMBENTS.items() if importlib.util.find_spec(module) is None}
+    if missing & {c.executor for c in chosen}:
+        print(f"not installed, so not timed: {', '.join(sorted(missing))}", flush=True)
+        chosen = [c for c in chosen if c.executor not in missing]
     rows = []
     for c in chosen:
         if device.startswith("cuda") and not c.compile:
@@ -288,7 +347,7 @@ def run(args) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--groups", help=f"comma-separated groups (default: omniglot,sine,chunk; all: {','.join(GROUPS)})")
+    p.add_argument("--groups", help=f"comma-separated groups (default: omniglot,sine,chunk,incumbents; all: {','.join(GROUPS)})")
     p.add_argument("--only", action="append", metavar="TEXT", help="keep configurations whose name contains TEXT (repeatable)")
     p.add_argument("--iters", type=int, default=5, help="timed meta-iterations per configuration (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed meta-iterations first (default 1; compilation happens here)")
