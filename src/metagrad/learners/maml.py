@@ -52,10 +52,11 @@ class AdaptedModel:
         return map_tasks(one, self.executor, self.params, query_x)
 
 
-class MAML(MetaLearner):
-    """MAML / first-order MAML over any backbone; tasks vectorised with torch.func.vmap."""
+class FunctionalLearner(MetaLearner):
+    """A learner whose base learner is the backbone run with per-task parameters (MAML, Reptile);
+    ``hp.eval_steps`` inner steps at test time give the headline setting."""
 
-    def __init__(self, hp: MAMLConfig, model: nn.Module, kind: str):
+    def __init__(self, hp, model: nn.Module, kind: str):
         super().__init__(kind)
         self.hp = hp
         self.model = model
@@ -68,6 +69,10 @@ class MAML(MetaLearner):
     def forward_task(self, params: Params, x: Tensor) -> Tensor:
         """One task's forward pass with explicit parameters. x [N, ...] -> [N, out]."""
         return functional_call(self.model, (params, dict(self.model.named_buffers())), (x,))
+
+
+class MAML(FunctionalLearner):
+    """MAML / first-order MAML over any backbone; tasks vectorised with torch.func.vmap."""
 
     def inner_loop(self, params: Params, sx: Tensor, sy: Tensor, steps: int, first_order: bool) -> list[Params]:
         """The trajectory θ, θ'(1), ..., θ'(steps) on one task's support set (eq. 1)."""

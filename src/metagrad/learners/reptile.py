@@ -29,16 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from ..config import choice, nonnegative, positive
 from ..errors import ConfigError
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, metric_name, task_loss, task_metric
+from .base import metric_name, task_loss, task_metric
 from .executors import EXECUTORS, map_tasks
-from .maml import MAML, Params
+from .maml import FunctionalLearner, Params
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
@@ -70,18 +69,8 @@ def minibatch_indices(tasks: int, n: int, steps: int, batch: int, device=None) -
     return order[:, : steps * batch].reshape(tasks, steps, batch)
 
 
-class Reptile(MetaLearner):
+class Reptile(FunctionalLearner):
     """Reptile over any backbone with a head; tasks vectorised with torch.func.vmap."""
-
-    def __init__(self, hp: ReptileConfig, model: nn.Module, kind: str):
-        super().__init__(kind)
-        self.hp = hp
-        self.model = model
-        self.headline = MAML.step_label(hp.eval_steps)
-
-    def forward_task(self, params: Params, x: Tensor) -> Tensor:
-        """One task's forward pass with explicit parameters. x [N, ...] -> [N, out]."""
-        return functional_call(self.model, (params, dict(self.model.named_buffers())), (x,))
 
     def inner_loop(self, params: Params, x: Tensor, y: Tensor, idx: Tensor, keep: tuple[int, ...]):
         """Train on one task: step t uses examples idx[t] of x [N, ...], y [N].
@@ -172,7 +161,7 @@ class Reptile(MetaLearner):
         """Query predictions after 0, inner_steps and eval_steps inner steps (one run per task)."""
         counts = tuple(sorted({0, min(self.hp.inner_steps, self.hp.eval_steps), self.hp.eval_steps}))
         kept, _ = self.adapted_parameters(batch.support_x, batch.support_y, counts[-1], self.hp.eval_inner_batch, counts)
-        return {MAML.step_label(c): self.predict(p, batch.support_x, batch.query_x) for c, p in zip(counts, kept)}
+        return {self.step_label(c): self.predict(p, batch.support_x, batch.query_x) for c, p in zip(counts, kept)}
 
 
 @LEARNERS.register("reptile", ReptileConfig)
