@@ -62,6 +62,14 @@ class FunctionalLearner(MetaLearner):
         self.model = model
         self.headline = self.step_label(hp.eval_steps)
 
+    @classmethod
+    def for_task(cls, hp, build_model, task):
+        """The learner over a backbone with one output per class (or target dim) of ``task``."""
+        learner = cls(hp, build_model(task.n_outputs), task.kind)
+        if task.kind == "classification":
+            learner.fixed_ways = task.n_outputs  # the head has one output per class
+        return learner
+
     @staticmethod
     def step_label(steps: int) -> str:
         return f"{steps} step" + ("" if steps == 1 else "s")
@@ -159,7 +167,4 @@ class MAML(FunctionalLearner):
 @LEARNERS.register("maml", MAMLConfig)
 def make_maml(hp: MAMLConfig, build_model, task) -> MAML:
     """MAML (second-order, or first-order with first_order=true), vectorised over tasks."""
-    learner = MAML(hp, build_model(task.n_outputs), task.kind)
-    if task.kind == "classification":
-        learner.fixed_ways = task.n_outputs  # the head has one output per class
-    return learner
+    return MAML.for_task(hp, build_model, task)

@@ -167,7 +167,4 @@ class Reptile(FunctionalLearner):
 @LEARNERS.register("reptile", ReptileConfig)
 def make_reptile(hp: ReptileConfig, build_model, task) -> Reptile:
     """Reptile: move the initialisation toward task-adapted weights (SGD or Adam inner loop)."""
-    learner = Reptile(hp, build_model(task.n_outputs), task.kind)
-    if task.kind == "classification":
-        learner.fixed_ways = task.n_outputs  # the head has one output per class
-    return learner
+    return Reptile.for_task(hp, build_model, task)
