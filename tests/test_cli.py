@@ -12,6 +12,7 @@ import torch
 
 from metagrad.checkpoint import load_checkpoint
 from metagrad.cli import main
+from metagrad.config import load_config, preset_names
 
 FAST = ["--set", "train.iterations=60", "--set", "train.test_tasks=20", "--set", "train.eval_tasks=10", "--set", "train.eval_every=30", "--set", "train.checkpoint_every=20", "--set", "train.log_every=10", "--quiet"]
 
@@ -28,6 +29,13 @@ def test_presets_lists_names_with_descriptions(capsys):
     lines = dict(line.split(None, 1) for line in out.strip().splitlines())
     for name in ("maml-sine", "fomaml-sine", "sine-quick"):
         assert name in lines and len(lines[name]) > 20
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_resolves_to_a_valid_config(name):
+    sets = ['task.path="my_images"'] if name.startswith("folder") else []  # set by --data folder:PATH
+    cfg = load_config(name, sets)  # unknown keys or out-of-range values raise ConfigError
+    assert cfg.preset == name and len(cfg.description) > 20
 
 
 def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsys):

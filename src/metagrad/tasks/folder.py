@@ -94,7 +94,7 @@ def class_folders(root: str | Path) -> list[Path]:
 def _read_all(files: list[Path], image_size: int, channels: int, desc: str) -> torch.Tensor:
     """uint8 [len(files), C, S, S]."""
     out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
-    for i, f in enumerate(tqdm(files, desc=desc, unit="img", disable=len(files) < 500)):
+    for i, f in enumerate(tqdm(files, desc=desc, unit="img", disable=True if len(files) < 500 else None)):
         out[i] = read_image(f, image_size, channels)
     return torch.from_numpy(out)
 

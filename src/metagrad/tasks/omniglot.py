@@ -196,7 +196,8 @@ def read_archive(path: Path, image_size: int) -> tuple[list[str], torch.Tensor]:
                 raise DataError(f"{path}: not an Omniglot archive: {name} has {len(infos)} PNGs, expected {DRAWINGS}")
         names = sorted(chars)
         out = np.empty((len(names), DRAWINGS, image_size, image_size), dtype=np.uint8)
-        with tqdm(total=len(names) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}") as bar:
+        with tqdm(total=len(names) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}",
+                  disable=None) as bar:  # None: no bar when stderr is not a terminal (log files)
             for c, name in enumerate(names):
                 for d, info in enumerate(sorted(chars[name], key=lambda i: i.filename)):
                     try:
