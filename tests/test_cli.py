@@ -119,8 +119,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
     common = ["--set", "train.test_tasks=10", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=25", "--quiet"]
     assert run_cli(capsys, "train", "--out", str(straight), "--set", "train.iterations=50", *common)[0] == 0
     assert run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=25", *common)[0] == 0
-    code, _, err = run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=50")
-    assert code == 0 and "resuming" in err and "from iteration 25" in err
+    first_seconds = load_checkpoint(split)["train_seconds"]
+    code, out, err = run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=50")
+    assert code == 0 and "resuming" in err and "from iteration 25" in err and " it/s" in out
+    report = json.loads((split / "report.json").read_text())
+    assert report["resumed_from"] == 25 and report["iterations_per_second"] > 0
+    assert report["train_seconds"] > first_seconds > 0  # training time adds up over the two segments
     a, b = load_checkpoint(straight), load_checkpoint(split)
     assert b["iteration"] == 50
     for k in a["learner"]:

@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         say(f"\ninterrupted; checkpoint saved. Resume with: metagrad train --out {out}", file=sys.stderr)
         return 130
-    say(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}"
+    speed = f", {report['iterations_per_second']:.3g} it/s" if report["iterations_per_second"] else ""
+    say(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}{speed}"
         + (f" ({report['world_size']} processes)" if report["world_size"] > 1 else ""))
     say(f"held-out test tasks ({cfg.task.name}):")
     _print_estimates(report["test"], report["headline"], out=say)

@@ -177,12 +177,13 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
-    start = 0
+    start, seconds_before = 0, 0.0  # seconds_before: training time of earlier segments of a resumed run
     if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["iteration"])
+        seconds_before = float(state.get("train_seconds", 0.0))
         if ctx.is_main:
             log(f"resuming {run_dir} from iteration {start}")
     if tc.compile != "off":
@@ -199,6 +200,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "task_spec": TaskSpec.of(train_tasks).to_dict(),
+                    "train_seconds": seconds_before + time.time() - t0,
                 },
             )
 
@@ -216,14 +218,16 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     local = ctx.local_tasks(tc.meta_batch)
     t0 = time.time()
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
-    done = start
+    done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
     try:
         with sigterm_as_interrupt():
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
+                t_step = time.perf_counter()
                 batch = batch_to(train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)), device, dtype)
                 stats = meta_step(learner, optimizer, batch, tc.meta_batch, tc.task_chunk, tc.grad_clip, ctx)
                 scheduler.step()
+                step_seconds += time.perf_counter() - t_step
                 done = iteration + 1
                 for k, v in stats.items():
                     running[k] = running.get(k, 0.0) + v
@@ -249,7 +253,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
             logger.close()
         raise
     bar.close()
-    train_seconds = time.time() - t0
+    train_seconds = seconds_before + time.time() - t0
 
     validate(tc.iterations)
     test_tasks = build_task(cfg, "test")
@@ -259,7 +263,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         "preset": cfg.preset,
         "iterations": tc.iterations,
         "resumed_from": start,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(train_seconds, 2),  # all segments, validation included
+        "iterations_per_second": round((tc.iterations - start) / step_seconds, 3) if step_seconds else None,
         "device": str(device),
         "world_size": ctx.world,
         "headline": learner.headline,
