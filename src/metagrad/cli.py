@@ -84,7 +84,8 @@ def cmd_eval(args) -> int:
     dtype = getattr(torch, cfg.train.dtype)
     learner.to(device, dtype)
     tasks = build_task(cfg, args.split)
-    est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device, dtype)
+    est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device, dtype,
+                   progress=True)
     result = {
         "checkpoint": str(args.run),
         "iteration": state["iteration"],

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .distributed import DistContext, all_gather_object
 from .learners.base import MetaLearner, metric_name, task_metric
@@ -47,6 +48,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     ctx: DistContext = DistContext(),
+    progress: bool = False,
 ) -> dict[str, Estimate]:
     """Adapt to ``episodes`` held-out tasks drawn from a fixed-seed generator and score the queries.
 
@@ -54,24 +56,29 @@ def evaluate(
     a value that is a (predictions, targets) pair is scored against its own targets.
     Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
     draws the same tasks) and the per-episode metrics are gathered back into episode order, so
-    every rank returns the estimates a single process would.
+    every rank returns the estimates a single process would. ``progress``: a bar on stderr when it
+    is a terminal (rank 0 only).
     """
     generator = torch.Generator().manual_seed(seed)
     per_key: dict[str, list[Tensor]] = {}
     was_training = learner.training
     learner.eval()
     done = 0
+    bar = tqdm(total=episodes, unit="task", desc="evaluating", leave=False,
+               disable=None if progress and ctx.is_main else True)  # None: off when not a terminal
     while done < episodes:
         n = min(batch_size, episodes - done)
         batch = source.sample(n, generator)
         keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
         done += n
+        bar.update(n)
         if not keep:
             continue
         batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
         for key, out in learner.eval_predictions(batch).items():
             pred, target = out if isinstance(out, tuple) else (out, batch.query_y)
             per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
+    bar.close()
     learner.train(was_training)
     name = metric_name(learner.kind)
     local = {key: torch.cat(vals) for key, vals in per_key.items()}

@@ -257,7 +257,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
 
     validate(tc.iterations)
     test_tasks = build_task(cfg, "test")
-    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx)
+    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx, progress)
     report = {
         "run_dir": str(run_dir),
         "preset": cfg.preset,
