@@ -153,3 +153,19 @@ def test_cli_train_and_eval(preset, tmp_path, shared_data, omniglot_cache, capsy
     assert main(["eval", str(out), "--episodes", "4", "--json", "--set", "task.ways=3"]) == 0  # any way count
     result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "accuracy" and result["episodes"] == 4 and 0 <= result["mean"] <= 1
+
+
+def test_a_protonet_run_evaluates_as_knn_on_its_embedding(tmp_path, shared_data, omniglot_cache, capsys):
+    """`metagrad eval RUN --set learner.name=knn --set learner.embedding=learned` reuses a ProtoNet's
+    embedding (docs/results.md); with 1 shot, 1-NN is the prototype rule, so the accuracies agree."""
+    out = tmp_path / "run"
+    sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=3", "train.eval_tasks=4", "train.test_tasks=4",
+            "model.channels=8", "model.blocks=3", "task.image_size=14"]
+    assert main(["train", "--preset", "protonet-quick", "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    capsys.readouterr()
+
+    def accuracy(*overrides):
+        assert main(["eval", str(out), "--episodes", "20", "--json", *[a for s in overrides for a in ("--set", s)]]) == 0
+        return json.loads(capsys.readouterr().out)["mean"]
+
+    assert accuracy("learner.name=knn", "learner.embedding=learned") == pytest.approx(accuracy(), abs=1e-9)
