@@ -168,4 +168,7 @@ def test_a_protonet_run_evaluates_as_knn_on_its_embedding(tmp_path, shared_data,
         assert main(["eval", str(out), "--episodes", "20", "--json", *[a for s in overrides for a in ("--set", s)]]) == 0
         return json.loads(capsys.readouterr().out)["mean"]
 
-    assert accuracy("learner.name=knn", "learner.embedding=learned") == pytest.approx(accuracy(), abs=1e-9)
+    knn = ("learner.name=knn", "learner.embedding=learned")
+    assert accuracy(*knn) == pytest.approx(accuracy(), abs=1e-9)
+    # and the override does take effect: with 3 shots, nearest neighbour and nearest prototype differ
+    assert accuracy(*knn, "task.eval_shots=3") != pytest.approx(accuracy("task.eval_shots=3"), abs=1e-9)
