@@ -1,13 +1,15 @@
 """Meta-learners, one file each, all behind the protocol of base.py. Importing registers them."""
 
+from .anil import ANIL
 from .base import MetaLearner
 from .knn import KNN, KNNConfig
 from .maml import MAML, MAMLConfig
 from .mann import MANN, MANNConfig
 from .matching import MatchingConfig, MatchingNet
 from .metanet import MetaNet, MetaNetConfig
+from .metasgd import MetaSGD
 from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]

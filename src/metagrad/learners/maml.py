@@ -80,20 +80,32 @@ class FunctionalLearner(MetaLearner):
 
 
 class MAML(FunctionalLearner):
-    """MAML / first-order MAML over any backbone; tasks vectorised with torch.func.vmap."""
+    """MAML / first-order MAML over any backbone; tasks vectorised with torch.func.vmap.
+    Subclasses change which parameters the inner loop adapts (``adapted_names``: ANIL) and
+    their step sizes (``step_size``: Meta-SGD)."""
+
+    def adapted_names(self, params: Params) -> list[str]:
+        """The parameters the inner loop updates (MAML: all of them)."""
+        return list(params)
+
+    def step_size(self, name: str) -> float | Tensor:
+        """α of parameter ``name``: a number, or a tensor of the parameter's shape."""
+        return self.hp.inner_lr
 
     def inner_loop(self, params: Params, sx: Tensor, sy: Tensor, steps: int, first_order: bool) -> list[Params]:
-        """The trajectory θ, θ'(1), ..., θ'(steps) on one task's support set (eq. 1)."""
+        """The trajectory θ, θ'(1), ..., θ'(steps) on one task's support set (eq. 1); parameters
+        outside ``adapted_names`` stay θ."""
+        names = self.adapted_names(params)
 
-        def support_loss(p: Params) -> Tensor:
-            return task_loss(self.kind, self.forward_task(p, sx), sy)
+        def support_loss(fast: Params, p: Params) -> Tensor:
+            return task_loss(self.kind, self.forward_task({**p, **fast}, sx), sy)
 
         trajectory = [params]
         for _ in range(steps):
-            grads = torch.func.grad(support_loss)(params)
+            grads = torch.func.grad(support_loss)({k: params[k] for k in names}, params)
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
-            params = {k: p - self.hp.inner_lr * grads[k] for k, p in params.items()}
+            params = {**params, **{k: params[k] - self.step_size(k) * grads[k] for k in names}}
             trajectory.append(params)
         return trajectory
 
