@@ -120,7 +120,6 @@ def incumbent_step(lib: str, model, loss, inner_lr: float, steps: int, first_ord
     return step
 
 
-
 # --------------------------------------------------------------------------- one configuration
 
 
@@ -169,14 +168,14 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def step():
-        meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
-
     if incumbent:
         from .learners.base import task_loss
 
         step = incumbent_step(cfg.executor, learner.model, lambda p, y: task_loss(kind, p, y), inner_lr,
                               cfg.inner_steps, cfg.first_order, optimizer, batch)
+    else:
+        def step():
+            meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
 
     rss_before = _max_rss_mb()
     if cuda:  # the peak includes the warm-up: CUDA graphs allocate their memory pool there
