@@ -84,6 +84,13 @@ def test_bad_config_input_is_one_line_with_status_2(capsys, tmp_path, argv, need
     assert not (tmp_path / "r").exists()
 
 
+def test_asking_for_a_missing_gpu_names_the_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without one
+    code, _, err = run_cli(capsys, "train", "--set", "train.device=cuda", "--out", str(tmp_path / "r"))
+    assert code == 2 and "Traceback" not in err
+    assert "train.device='cuda' but no CUDA GPU is available; add --set train.device=cpu" in err
+
+
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "nowhere"))
     assert code == 2 and "no checkpoint at" in err

@@ -43,7 +43,8 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"train.device: {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
+        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; "
+                          "add --set train.device=cpu (or auto: the GPU when there is one)")
     return device
 
 
