@@ -13,6 +13,8 @@ import torch
 from metagrad.checkpoint import load_checkpoint
 from metagrad.cli import main
 from metagrad.config import load_config, preset_names
+from metagrad.logger import MetricLogger, read_metrics
+from metagrad.train import train
 
 FAST = ["--set", "train.iterations=60", "--set", "train.test_tasks=20", "--set", "train.eval_tasks=10", "--set", "train.eval_every=30", "--set", "train.checkpoint_every=20", "--set", "train.log_every=10", "--quiet"]
 
@@ -172,6 +174,25 @@ def test_killed_training_process_resumes_from_its_checkpoint(tmp_path):
     assert finish.returncode == 0, finish.stderr
     assert f"from iteration {reached}" in finish.stderr
     assert load_checkpoint(out_dir)["iteration"] == reached + 50
+
+
+def test_sigterm_lets_the_iteration_and_its_log_finish_before_stopping(tmp_path, monkeypatch):
+    """SIGTERM arriving inside a log write must not cut it short (it once could, mid TensorBoard)."""
+    original = MetricLogger.log
+
+    def log_then_sigterm_midway(self, iteration, split, values):
+        if iteration == 20:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at once, in the middle of this call
+        original(self, iteration, split, values)
+
+    monkeypatch.setattr(MetricLogger, "log", log_then_sigterm_midway)
+    cfg = load_config("sine-quick", ["train.iterations=100", "train.log_every=10", "train.eval_every=0"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert load_checkpoint(tmp_path / "run")["iteration"] == 20
+    rows = read_metrics(tmp_path / "run")
+    assert [r["iteration"] for r in rows] == [10, 20] and rows[-1].keys() == rows[0].keys()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
 
 
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):

@@ -95,19 +95,19 @@ def meta_step(
 
 
 @contextmanager
-def sigterm_as_interrupt():
-    """Treat SIGTERM (e.g. a scheduler stopping the job) like Ctrl-C, so a checkpoint is written."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
+def stop_on_sigterm():
+    """Make SIGTERM (e.g. a scheduler stopping the job) a request to stop after the current
+    iteration; yields a function that says whether one came. The loop then checkpoints as on
+    Ctrl-C. Deferring the stop keeps the signal out of half-done work (a log line, a lazy import,
+    a checkpoint write, a CUDA graph); Ctrl-C itself still interrupts at once."""
+    requested = []
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
     except ValueError:  # not the main thread
-        yield
+        yield lambda: False
         return
     try:
-        yield
+        yield lambda: bool(requested)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -221,7 +221,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
     try:
-        with sigterm_as_interrupt():
+        with stop_on_sigterm() as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
@@ -247,6 +247,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     validate(done)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
                     checkpoint(done)
+                if stop_requested():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         checkpoint(done)
         bar.close()
