@@ -177,7 +177,7 @@ def test_killed_training_process_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_sigterm_lets_the_iteration_and_its_log_finish_before_stopping(tmp_path, monkeypatch):
-    """SIGTERM arriving inside a log write must not cut it short (it once could, mid TensorBoard)."""
+    """SIGTERM arriving inside a log write must not cut it short (the old handler raised right there)."""
     original = MetricLogger.log
 
     def log_then_sigterm_midway(self, iteration, split, values):
