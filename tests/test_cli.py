@@ -210,3 +210,15 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     assert proc.returncode == 130, err[-4000:]
     assert "Resume with: metagrad train --out" in err
     assert load_checkpoint(out_dir)["iteration"] > 0
+
+
+def test_the_curve_flags_validation_classes_that_were_also_trained_on(tmp_path):
+    from metagrad.plots import validation_label
+
+    assert validation_label(tmp_path) == "validation"  # no config.json
+    for train_on, label in (("train", "validation"), ("trainval", "validation (classes also trained on)")):
+        (tmp_path / "config.json").write_text(json.dumps({"task": {"name": "omniglot", "train_on": train_on}}))
+        assert validation_label(tmp_path) == label
+    cfg = load_config("maml-omniglot-5w1s")  # the paper's protocol: trains on train + val
+    cfg.save(tmp_path / "config.json")
+    assert validation_label(tmp_path) == "validation (classes also trained on)"

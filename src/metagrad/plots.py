@@ -25,6 +25,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def validation_label(run_dir: Path) -> str:
+    """"validation", flagged when the run's config trains on its validation classes too
+    (task.train_on = "trainval", the MAML paper's Omniglot protocol): then it is not held out."""
+    try:
+        task = json.loads((Path(run_dir) / "config.json").read_text())["task"]
+    except (OSError, ValueError, KeyError):
+        return "validation"
+    return "validation (classes also trained on)" if task.get("train_on") == "trainval" else "validation"
+
+
 def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
     """Meta-train loss and metric, and validation metric, against iteration -> training_curve.png."""
     rows = read_metrics(run_dir)
@@ -42,8 +52,9 @@ def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
     ax_metric.plot([r["iteration"] for r in train], [r[metric] for r in train], label=f"meta-train {metric}", alpha=0.7)
     if val:
         keys = [k for k in val[-1] if k not in ("iteration", "split")]
+        name = validation_label(run_dir)
         for key in (keys[0], keys[-1]) if len(keys) > 1 else keys:
-            ax_metric.plot([r["iteration"] for r in val], [r[key] for r in val], marker="o", label=f"validation, {key.replace('_', ' ')}")
+            ax_metric.plot([r["iteration"] for r in val], [r[key] for r in val], marker="o", label=f"{name}, {key.replace('_', ' ')}")
     ax_metric.set_xlabel("iteration")
     ax_metric.set_ylabel(metric)
     if metric == "mse":
