@@ -39,5 +39,5 @@ state = torch.load(f"{sys.argv[1]}/checkpoint.pt", weights_only=True, map_locati
 it, s = state["iteration"], state["train_seconds"]
 print(f"{it} iterations in {s:.0f} s of training (compilation and validation included): {it / s:.1f} it/s")
 EOF
-"$PY" -m metagrad plot "$RUN" && cp "$RUN"/metrics.jsonl "$RUN"/*.png "$RESULTS/" 2>/dev/null
+"$PY" -m metagrad plot "$RUN"
 echo "== gpu_omniglot done; results in $RESULTS"
