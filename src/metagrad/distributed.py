@@ -73,32 +73,6 @@ def all_gather_object(obj, ctx: DistContext) -> list:
     return out
 
 
-class StopAgreement:
-    """Makes every rank stop after the same iteration when any rank wants to (SIGTERM may reach
-    the ranks at slightly different moments). Called once per iteration on every rank with this
-    rank's wish; the wishes are summed by a non-blocking all-reduce on the CPU (a gloo group) and
-    read one call later, so the check never waits for a GPU and costs one iteration of delay.
-    A single process stops at once."""
-
-    def __init__(self, ctx: DistContext):
-        self.ctx = ctx
-        self.group = None
-        if ctx.world > 1:  # every rank constructs it at the same point: new_group is collective
-            self.group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        self.pending = None  # (work, votes) of the previous call
-
-    def __call__(self, wish: bool) -> bool:
-        if self.ctx.world <= 1:
-            return wish
-        votes = torch.tensor([float(wish)])
-        work = dist.all_reduce(votes, group=self.group, async_op=True)
-        previous, self.pending = self.pending, (work, votes)
-        if previous is None:
-            return False
-        previous[0].wait()
-        return previous[1].item() > 0
-
-
 def all_reduce_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
     """Sum ``.grad`` of ``params`` over ranks in one flat buffer (missing grads count as zero)."""
     if ctx.world <= 1 or not params:  # k-NN on pixels has no parameters

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .build import build_learner, build_task
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, resolve
-from .distributed import DistContext, StopAgreement, all_reduce_grads, all_reduce_sum, broadcast_object, process_group
+from .distributed import DistContext, all_reduce_grads, all_reduce_sum, broadcast_object, process_group
 from .errors import ConfigError, MetagradError
 from .evaluate import Estimate, evaluate
 from .io import atomic_write_text
@@ -220,9 +220,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     t0 = time.time()
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
-    any_rank_stops = StopAgreement(ctx)
-    with stop_on_sigterm() as sigterm_received:  # also while the stop itself is checkpointed
-        try:
+    try:
+        with stop_on_sigterm() as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
@@ -248,14 +247,14 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     validate(done)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
                     checkpoint(done)
-                if any_rank_stops(sigterm_received()):
+                if stop_requested():
                     raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            checkpoint(done)
-            bar.close()
-            if logger is not None:
-                logger.close()
-            raise
+    except KeyboardInterrupt:
+        checkpoint(done)
+        bar.close()
+        if logger is not None:
+            logger.close()
+        raise
     bar.close()
     train_seconds = seconds_before + time.time() - t0
 
