@@ -73,6 +73,60 @@ def test_meta_gradient_is_theta_minus_mean_adapted_weights(optimizer, inner_batc
         torch.testing.assert_close(got[k], expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("executor", ["vmap", "loop"])
+def test_carried_adam_state_continues_like_one_torch_adam(executor):
+    """adam_state="carried": each task starts from the stored (m, v, steps), as a torch.optim.Adam
+    loaded with that state would; the store becomes the tasks' mean final state, steps advance."""
+    model = tiny_model()
+    hp = ReptileConfig(inner_lr=0.05, adam_beta1=0.3, inner_steps=4, inner_batch=4, adam_state="carried", executor=executor)
+    learner = Reptile(hp, model, "regression")
+    meta_grad(learner, sine_batch(seed=1), seed=1)  # a first meta-batch fills the store
+    (start, steps) = learner.carried_adam()
+    assert steps == 4 and all(v.abs().sum() > 0 for _, v in start.values())
+    start = {k: (m.clone(), v.clone()) for k, (m, v) in start.items()}
+    batch = sine_batch()
+    got = meta_grad(learner, batch)
+
+    torch.manual_seed(0)
+    x = torch.cat([batch.support_x, batch.query_x], 1)
+    y = torch.cat([batch.support_y, batch.query_y], 1)
+    idx = minibatch_indices(len(batch), x.shape[1], 4, 4)
+    theta = {k: p.detach().clone() for k, p in model.named_parameters()}
+    adapted, final = [], []
+    for i in range(len(batch)):
+        params = {k: nn.Parameter(v.clone()) for k, v in theta.items()}
+        opt = torch.optim.Adam(params.values(), lr=0.05, betas=(0.3, 0.999))
+        for k, p in params.items():
+            opt.state[p] = {"step": torch.tensor(4.0, dtype=torch.float64), "exp_avg": start[k][0].clone(), "exp_avg_sq": start[k][1].clone()}
+        for t in range(4):
+            opt.zero_grad()
+            ((functional_call(model, params, (x[i, idx[i, t]],)) - y[i, idx[i, t]]) ** 2).mean().backward()
+            opt.step()
+        adapted.append({k: p.detach() for k, p in params.items()})
+        final.append({k: (opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for k, p in params.items()})
+    stored, steps = learner.carried_adam()
+    assert steps == 8
+    for k in theta:
+        torch.testing.assert_close(got[k], theta[k] - torch.stack([a[k] for a in adapted]).mean(0), rtol=1e-10, atol=1e-12)
+        for j in (0, 1):
+            torch.testing.assert_close(stored[k][j], torch.stack([f[k][j] for f in final]).mean(0), rtol=1e-10, atol=1e-14)
+
+
+def test_carried_adam_state_is_in_the_state_dict_and_evaluation_leaves_it_alone():
+    hp = ReptileConfig(inner_lr=0.05, inner_steps=3, inner_batch=4, eval_steps=5, adam_state="carried")
+    learner = Reptile(hp, tiny_model(), "regression")
+    meta_grad(learner, sine_batch())
+    saved = {k: v.clone() for k, v in learner.state_dict().items()}
+    assert saved["inner_adam_steps"] == 3 and any(k.startswith("inner_adam_v:") for k in saved)
+    learner.eval_predictions(sine_batch(seed=2))
+    learner.adapt(sine_batch(seed=3).support_x, sine_batch(seed=3).support_y)
+    assert all(torch.equal(v, learner.state_dict()[k]) for k, v in saved.items())
+    fresh = Reptile(hp, tiny_model(), "regression")
+    fresh.load_state_dict(saved)
+    assert fresh.carried_adam()[1] == 3
+    assert "inner_adam_steps" not in Reptile(ReptileConfig(), tiny_model(), "regression").state_dict()  # per task: no state
+
+
 def test_weighted_chunks_add_up_to_the_whole_meta_batch():
     learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch=0), tiny_model(), "regression")
     batch = sine_batch(n_tasks=4)

@@ -13,8 +13,13 @@ Reptile has no support/query split in meta-training: it trains on all of a task'
 examples (support and query together, so task.shots + task.queries is the reference code's
 ``--train-shots``). Inner mini-batches of ``inner_batch`` examples are consecutive chunks of
 reshuffled passes over them (sampling without replacement, as the reference). The inner Adam
-is functional (its moments start at zero for every task; the reference code keeps them across
-training tasks) and uses β2 = 0.999, ε = 1e-8 and β1 = ``adam_beta1`` (the reference: 0).
+is functional, with β2 = 0.999, ε = 1e-8 and β1 = ``adam_beta1`` (the reference: 0). Its state
+(m, v and the step count of the bias correction) either starts at zero for every task
+(``adam_state = "per_task"``) or is carried (``"carried"``, as the reference code's single
+Adam): every task starts from the learner's stored state, which meta-training then replaces by
+the mean of the tasks' final states and advances by ``inner_steps``; evaluation starts from it
+without changing it. The stored state is part of the learner's state_dict (checkpoints); under
+torch.distributed each rank carries the mean over its own tasks.
 
 Evaluation adapts on the support set for ``eval_steps`` steps of ``eval_inner_batch`` examples
 and reports the query accuracy after 0, ``inner_steps`` and ``eval_steps`` steps. BatchNorm
@@ -52,6 +57,7 @@ class ReptileConfig:
     eval_steps: int = nonnegative(50)  # inner steps at test time
     eval_inner_batch: int = nonnegative(5)  # support examples per test-time step; 0 = all
     transductive: bool = False
+    adam_state: str = choice("per_task", ("per_task", "carried"))  # "carried": one state across tasks, as the reference
     executor: str = choice("auto", EXECUTORS)  # vmap | loop | auto (executors.resolve_executor)
 
     def validate(self):
@@ -69,14 +75,37 @@ def minibatch_indices(tasks: int, n: int, steps: int, batch: int, device=None) -
     return order[:, : steps * batch].reshape(tasks, steps, batch)
 
 
+def _moment_key(moment: str, name: str) -> str:
+    """Buffer name of the carried Adam moment ("m" or "v") of parameter ``name``."""
+    return f"inner_adam_{moment}:{name.replace('.', ':')}"
+
+
 class Reptile(FunctionalLearner):
     """Reptile over any backbone with a head; tasks vectorised with torch.func.vmap."""
 
-    def inner_loop(self, params: Params, x: Tensor, y: Tensor, idx: Tensor, keep: tuple[int, ...]):
+    def __init__(self, hp, model, kind: str):
+        super().__init__(hp, model, kind)
+        if hp.inner_optimizer == "adam" and hp.adam_state == "carried":
+            for name, p in model.named_parameters():
+                for moment in ("m", "v"):
+                    self.register_buffer(_moment_key(moment, name), torch.zeros_like(p.detach()))
+            self.register_buffer("inner_adam_steps", torch.zeros((), dtype=torch.long))
+
+    def carried_adam(self) -> tuple[dict[str, tuple[Tensor, Tensor]] | None, int]:
+        """The stored inner Adam state ({name: (m, v)}, steps taken), or (None, 0) when per task."""
+        if not hasattr(self, "inner_adam_steps"):
+            return None, 0
+        names = [k for k, _ in self.model.named_parameters()]
+        state = {k: (getattr(self, _moment_key("m", k)), getattr(self, _moment_key("v", k))) for k in names}
+        return state, int(self.inner_adam_steps)
+
+    def inner_loop(self, params: Params, x: Tensor, y: Tensor, idx: Tensor, keep: tuple[int, ...],
+                   start: tuple[dict[str, tuple[Tensor, Tensor]] | None, int] = (None, 0)):
         """Train on one task: step t uses examples idx[t] of x [N, ...], y [N].
 
-        idx: long [steps, b]. Returns (the parameters after each step count in ``keep``, the
-        mini-batch loss [steps] and metric [steps] before each step).
+        idx: long [steps, b]; start: the Adam state to begin from (see ``carried_adam``).
+        Returns (the parameters after each step count in ``keep``, the mini-batch loss [steps]
+        and metric [steps] before each step, the final Adam moments {name: (m, v)}).
         """
         lr, b1 = self.hp.inner_lr, self.hp.adam_beta1
 
@@ -84,7 +113,8 @@ class Reptile(FunctionalLearner):
             pred = self.forward_task(p, xb)
             return task_loss(self.kind, pred, yb), task_metric(self.kind, pred.detach(), yb)
 
-        moments = {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
+        carried, t0 = start
+        moments = dict(carried) if carried else {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
         kept = [params] if 0 in keep else []
         losses, metrics = [], []
         for t in range(1, idx.shape[0] + 1):
@@ -100,26 +130,28 @@ class Reptile(FunctionalLearner):
                     m, v = moments[k]
                     m, v = b1 * m + (1 - b1) * grads[k], ADAM_BETA2 * v + (1 - ADAM_BETA2) * grads[k].square()
                     moments[k] = (m, v)
-                    denom = (v / (1 - ADAM_BETA2**t)).sqrt() + ADAM_EPS
-                    new[k] = p - lr * (m / (1 - b1**t)) / denom
+                    denom = (v / (1 - ADAM_BETA2 ** (t0 + t))).sqrt() + ADAM_EPS
+                    new[k] = p - lr * (m / (1 - b1 ** (t0 + t))) / denom
                 params = new
             if t in keep:
                 kept.append(params)
-        return kept, losses, metrics
+        return kept, losses, metrics, moments
 
     def meta_parameters(self) -> Params:
         return dict(self.model.named_parameters())
 
     def adapted_parameters(self, x: Tensor, y: Tensor, steps: int, batch: int, keep: tuple[int, ...]):
-        """Per-task parameters ([B, *shape] each) after each step count in ``keep``, and the
-        mean inner loss and metric per task [B]. x [B, N, ...], y [B, N]."""
+        """Per-task parameters ([B, *shape] each) after each step count in ``keep``, the mean
+        inner loss and metric per task [B], and each task's final Adam moments ({name: (m, v)},
+        [B, *shape] each). x [B, N, ...], y [B, N]."""
         params = {k: p.detach() for k, p in self.meta_parameters().items()}
         idx = minibatch_indices(x.shape[0], x.shape[1], steps, batch, x.device)
+        start = self.carried_adam()
 
         def one(xt, yt, it):
-            kept, losses, metrics = self.inner_loop(params, xt, yt, it, keep)
+            kept, losses, metrics, moments = self.inner_loop(params, xt, yt, it, keep, start)
             stats = (torch.stack(losses).mean(), torch.stack(metrics).mean()) if losses else ()
-            return kept, stats
+            return kept, stats, moments
 
         return map_tasks(one, self.hp.executor, x, y, idx)
 
@@ -128,11 +160,16 @@ class Reptile(FunctionalLearner):
         x = torch.cat([batch.support_x, batch.query_x], 1)
         y = torch.cat([batch.support_y, batch.query_y], 1)
         steps = self.hp.inner_steps
-        (adapted,), (loss, metric) = self.adapted_parameters(x, y, steps, self.hp.inner_batch, (steps,))
+        (adapted,), (loss, metric), moments = self.adapted_parameters(x, y, steps, self.hp.inner_batch, (steps,))
         with torch.no_grad():
             for k, p in self.meta_parameters().items():
                 g = weight * (p - adapted[k].mean(0))
                 p.grad = g if p.grad is None else p.grad + g
+            if hasattr(self, "inner_adam_steps"):  # carried state: the mean of the tasks' final states
+                for k, (m, v) in moments.items():
+                    getattr(self, _moment_key("m", k)).copy_(m.mean(0))
+                    getattr(self, _moment_key("v", k)).copy_(v.mean(0))
+                self.inner_adam_steps += steps
         return {"loss": loss.mean(), metric_name(self.kind): metric.mean()}
 
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
@@ -153,14 +190,14 @@ class Reptile(FunctionalLearner):
         """``steps`` (default eval_steps) inner steps on the support set -> query_x [B, Q, ...] -> [B, Q, out]."""
         steps = self.hp.eval_steps if steps is None else steps
         with torch.no_grad():
-            (params,), _ = self.adapted_parameters(support_x, support_y, steps, self.hp.eval_inner_batch, (steps,))
+            (params,), _, _ = self.adapted_parameters(support_x, support_y, steps, self.hp.eval_inner_batch, (steps,))
         return lambda query_x: self.predict(params, support_x, query_x)
 
     @torch.no_grad()
     def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:
         """Query predictions after 0, inner_steps and eval_steps inner steps (one run per task)."""
         counts = tuple(sorted({0, min(self.hp.inner_steps, self.hp.eval_steps), self.hp.eval_steps}))
-        kept, _ = self.adapted_parameters(batch.support_x, batch.support_y, counts[-1], self.hp.eval_inner_batch, counts)
+        kept, _, _ = self.adapted_parameters(batch.support_x, batch.support_y, counts[-1], self.hp.eval_inner_batch, counts)
         return {self.step_label(c): self.predict(p, batch.support_x, batch.query_x) for c, p in zip(counts, kept)}
 
 
