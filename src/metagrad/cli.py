@@ -51,6 +51,9 @@ def cmd_train(args) -> int:
             sets = [f"task.path={json.dumps(args.data[len('folder:'):])}", *sets]
         preset = args.preset or (DEFAULT_PRESET if not args.data else "folder-quick")
         cfg = load_config(preset, sets)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     if out is None:
         out = Path("runs") / f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun rank 0 reports
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where datasets are stored/downloaded (default: $METAGRAD_DATA or ~/.cache/metagrad)")
     p.add_argument("--data", help="folder:PATH — train on your own images, one sub-folder per class")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit without training")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (mean ± 95%% CI)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -47,8 +48,29 @@ def choice(default, options: tuple):
     return _field(default, {"check": "choice", "options": options})
 
 
+class HParams:
+    """Base of every hyper-parameter dataclass: each value is type-checked (ints become floats
+    where a float is declared), checked against its field's rule (``positive``, ``choice``, ...)
+    and then against the class's own ``validate()`` when the object is built, from a preset or
+    directly in Python: ``MAMLConfig(inner_lr=-1)`` raises ConfigError."""
+
+    def __post_init__(self):
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        hints = typing.get_type_hints(type(self))
+        prefix = type(self).__name__
+        for name, f in fields.items():
+            key = f"{prefix}.{name}"
+            value = _coerce(key, getattr(self, name), hints[name])
+            _check(key, value, f.metadata)
+            object.__setattr__(self, name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules that relate several fields; raise ConfigError. Default: none."""
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(HParams):
     """Settings of the shared meta-training loop (train.py)."""
 
     iterations: int = positive(2000)
@@ -144,6 +166,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -185,10 +209,7 @@ def build_dataclass(cls: type, values: dict, prefix: str):
         key = f"{prefix}.{name}"
         kwargs[name] = _coerce(key, value, hints[name])
         _check(key, kwargs[name], fields[name].metadata)
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
-        obj.validate()
-    return obj
+    return cls(**kwargs)  # HParams.__post_init__ runs the class's own validate()
 
 
 # --------------------------------------------------------------------------- presets
@@ -199,11 +220,38 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
-def load_preset(name: str) -> dict:
+def _read_preset(name: str) -> dict:
     path = resources.files("metagrad") / "presets" / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())} (see `metagrad presets`)")
-    data = tomllib.loads(path.read_text())
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"preset {name!r} is not valid TOML: {e}") from None
+
+
+def merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: sections are merged key by key, other values replaced."""
+    out = json.loads(json.dumps(base))  # deep copy
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A preset as a raw config dict. A preset may name a ``base`` preset: it then states only
+    what differs, and its sections are merged over the base's key by key (:func:`merge`)."""
+    if name in _seen:
+        raise ConfigError(f"preset {name!r} inherits from itself: {' -> '.join((*_seen, name))}")
+    data = _read_preset(name)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"preset {name!r}: base must be a preset name, got {base!r}")
+        data = merge(load_preset(base, (*_seen, name)), data)
     data["preset"] = name
     return data
 

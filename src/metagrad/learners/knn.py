@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import choice, positive
+from ..config import HParams, choice, positive
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
 from .base import metric_name, task_metric
@@ -29,7 +29,7 @@ from .protonet import prototype_logits, squared_distances
 
 
 @dataclass
-class KNNConfig:
+class KNNConfig(HParams):
     k: int = positive(1)
     embedding: str = choice("pixels", ("pixels", "learned"))
     distance: str = choice("euclidean", ("euclidean", "cosine"))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from ..config import choice, nonnegative, positive
+from ..config import HParams, choice, nonnegative, positive
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, metric_name, task_loss, task_metric
@@ -27,7 +27,7 @@ Params = dict[str, Tensor]
 
 
 @dataclass
-class MAMLConfig:
+class MAMLConfig(HParams):
     inner_lr: float = positive(0.01)  # alpha
     inner_steps: int = positive(1)  # inner steps during meta-training
     eval_steps: int = nonnegative(10)  # inner steps at test time; evaluation reports 0..eval_steps

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import positive
+from ..config import HParams, positive
 from ..errors import ConfigError
 from ..models.embed import embed_sets, feature_dim
 from ..models.memory import MemoryState, lrua_step
@@ -49,7 +49,7 @@ from .base import BaseLearner, MetaLearner
 
 
 @dataclass
-class MANNConfig:
+class MANNConfig(HParams):
     controller: int = positive(200)  # LSTM units
     memory_slots: int = positive(128)
     memory_width: int = positive(40)

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import choice, positive
+from ..config import HParams, choice, positive
 from ..registry import LEARNERS
 from .executors import EXECUTORS
 from .metric import MetricLearner, n_ways, one_hot, require_classification
 
 
 @dataclass
-class MatchingConfig:
+class MatchingConfig(HParams):
     temperature: float = positive(1.0)  # tau: cosine similarities are divided by it
     fce: bool = False  # full-context embeddings
     fce_steps: int = positive(5)  # unrolled steps of the attention LSTM (K)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import positive
+from ..config import HParams, positive
 from ..errors import ConfigError
 from ..models.embed import embed_sets, feature_dim
 from ..registry import LEARNERS
@@ -46,7 +46,7 @@ Weights = dict[str, Tensor]
 
 
 @dataclass
-class MetaNetConfig:
+class MetaNetConfig(HParams):
     hidden: int = positive(64)  # width of the base learner's hidden layer
     meta_hidden: int = positive(20)  # hidden units of each (3-layer) meta learner m_l
     grad_p: float = positive(10.0)  # p of the gradient preprocessing

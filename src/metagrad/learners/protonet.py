@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config import choice
+from ..config import HParams, choice
 from ..registry import LEARNERS
 from .executors import EXECUTORS
 from .metric import MetricLearner, n_ways, one_hot, require_classification
 
 
 @dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(HParams):
     executor: str = choice("vmap", EXECUTORS)
 
 

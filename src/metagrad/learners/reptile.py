@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import choice, nonnegative, positive
+from ..config import HParams, choice, nonnegative, positive
 from ..errors import ConfigError
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
@@ -48,7 +48,7 @@ ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @dataclass
-class ReptileConfig:
+class ReptileConfig(HParams):
     inner_optimizer: str = choice("adam", ("adam", "sgd"))
     inner_lr: float = positive(0.001)
     adam_beta1: float = nonnegative(0.0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import positive
+from ..config import HParams, positive
 from ..errors import ConfigError
 from ..models.embed import embed_sets, feature_dim
 from ..models.snail import SNAILNet
@@ -33,7 +33,7 @@ from .base import BaseLearner, MetaLearner
 
 
 @dataclass
-class SNAILConfig:
+class SNAILConfig(HParams):
     keys: list[int] = positive([64, 256, 512])  # key sizes of the attention blocks
     values: list[int] = positive([32, 128, 256])  # their value sizes; a TC block sits between two attention blocks
     tc_layers: int = positive(3)  # dense blocks per TC block: ⌈log2 T⌉, T = N·K + 1 (5-way 1-shot: 3)

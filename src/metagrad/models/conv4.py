@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..config import choice, positive
+from ..config import HParams, choice, positive
 from ..registry import MODELS
 from .norm import BatchNorm
 
 
 @dataclass
-class Conv4Config:
+class Conv4Config(HParams):
     channels: int = positive(64)
     blocks: int = positive(4)
     # "stride": 3x3 convs with stride 2 (MAML's Omniglot model); "max": stride 1 + 2x2 max-pool.

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..config import positive
+from ..config import HParams, positive
 from ..registry import MODELS
 from .norm import BatchNorm
 
 
 @dataclass
-class MLPConfig:
+class MLPConfig(HParams):
     hidden: list[int] = positive([40, 40])
     batch_norm: bool = False
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import nonnegative, positive
+from ..config import HParams, nonnegative, positive
 from ..errors import ConfigError, DataError
 from .batch import TaskBatch
 
@@ -65,7 +65,7 @@ def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Ten
 
 
 @dataclass
-class EpisodeConfig:
+class EpisodeConfig(HParams):
     """The N-way K-shot shape of a class-indexed task family's episodes (a base of its config)."""
 
     ways: int = positive(5)

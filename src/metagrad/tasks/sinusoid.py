@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import positive
+from ..config import HParams, positive
 from ..errors import ConfigError
 from ..registry import TASKS
 from .batch import TaskBatch
 
 
 @dataclass
-class SinusoidConfig:
+class SinusoidConfig(HParams):
     shots: int = positive(10)  # K support points per task
     queries: int = positive(10)  # query points per task
     amplitude_min: float = positive(0.1)
