@@ -13,7 +13,7 @@ import torch
 from metagrad.checkpoint import load_checkpoint
 from metagrad.evaluate import evaluate
 from metagrad.tasks import Sinusoid
-from metagrad.train import meta_step
+from metagrad.step import MetaStep
 
 DEVICE = torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))
 TASKS = 7  # split 4 + 3 over two ranks: the weighting of uneven shares is part of the test
@@ -40,13 +40,13 @@ import torch
 from metagrad.distributed import DistContext, process_group
 from metagrad.evaluate import evaluate
 from metagrad.tasks import Sinusoid
-from metagrad.train import meta_step
+from metagrad.step import MetaStep
 
 with process_group(torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))) as (ctx, device):
     learner, optimizer, batch = setup(device)
     first = sum(DistContext(r, ctx.world).local_tasks(len(batch)) for r in range(ctx.rank))
     local = batch[first : first + ctx.local_tasks(len(batch))]
-    meta_step(learner, optimizer, local, len(batch), task_chunk=2, ctx=ctx)
+    MetaStep(learner, optimizer, task_chunk=2, ctx=ctx)(local, len(batch))
     est = evaluate(learner, Sinusoid(), 9, 5, 4, device, torch.float64, ctx)
     torch.save({
         "grads": [p.grad.cpu() for p in learner.parameters()],
@@ -84,7 +84,7 @@ def test_two_ranks_take_the_step_of_one_process_with_the_whole_meta_batch(tmp_pa
     scope: dict = {}
     exec(setup_code, scope)
     learner, optimizer, batch = scope["setup"](DEVICE)
-    meta_step(learner, optimizer, batch, TASKS)
+    MetaStep(learner, optimizer)(batch, TASKS)
     grad = flat(p.grad.cpu() for p in learner.parameters())
     params = flat(p.detach().cpu() for p in learner.parameters())
     est = evaluate(learner, Sinusoid(), 9, 5, 4, DEVICE, torch.float64)

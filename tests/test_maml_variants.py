@@ -52,7 +52,7 @@ def test_metasgd_meta_gradient_in_theta_and_alpha_matches_the_hessian_formula():
         for a in learner.alpha.values():
             a.uniform_(0.005, 0.1)
     theta, loss = flat_losses(model)
-    alpha = flat(learner.step_size(n).detach() for n, _ in model.named_parameters())
+    alpha = flat(learner.step_size(n, 0).detach() for n, _ in model.named_parameters())
     want_theta, want_alpha = [], []
     for hess, g, g_test in per_task_terms(loss, theta, batch, lambda t, g: t - alpha * g):
         want_theta.append(g_test - hess @ (alpha * g_test))  # (I − H diag(α)) ∇L_test(θ')
@@ -60,7 +60,7 @@ def test_metasgd_meta_gradient_in_theta_and_alpha_matches_the_hessian_formula():
     learner.zero_grad()
     learner.accumulate_meta_grad(batch)
     got_theta = flat(p.grad for p in model.parameters())
-    got_alpha = flat(learner.step_size(n).grad for n, _ in model.named_parameters())
+    got_alpha = flat(learner.step_size(n, 0).grad for n, _ in model.named_parameters())
     for got, want in ((got_theta, torch.stack(want_theta).mean(0)), (got_alpha, torch.stack(want_alpha).mean(0))):
         assert torch.linalg.norm(got - want) / torch.linalg.norm(want) <= 1e-8
 

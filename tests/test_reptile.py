@@ -41,6 +41,7 @@ def meta_grad(learner, batch, seed=0) -> dict[str, torch.Tensor]:
     learner.zero_grad()
     torch.manual_seed(seed)
     learner.accumulate_meta_grad(batch)
+    learner.end_meta_step()  # as metagrad.step.MetaStep does after the optimizer step
     return {k: p.grad.clone() for k, p in learner.model.named_parameters()}
 
 
@@ -81,9 +82,9 @@ def test_carried_adam_state_continues_like_one_torch_adam(executor):
     hp = ReptileConfig(inner_lr=0.05, adam_beta1=0.3, inner_steps=4, inner_batch=4, adam_state="carried", executor=executor)
     learner = Reptile(hp, model, "regression")
     meta_grad(learner, sine_batch(seed=1), seed=1)  # a first meta-batch fills the store
-    (start, steps) = learner.carried_adam()
-    assert steps == 4 and all(v.abs().sum() > 0 for _, v in start.values())
-    start = {k: (m.clone(), v.clone()) for k, (m, v) in start.items()}
+    carried = learner.start_state()
+    assert carried["t"] == 4 and all(v.abs().sum() > 0 for v in carried["v"].values())
+    start = {k: (carried["m"][k].clone(), carried["v"][k].clone()) for k in carried["m"]}
     batch = sine_batch()
     got = meta_grad(learner, batch)
 
@@ -104,8 +105,9 @@ def test_carried_adam_state_continues_like_one_torch_adam(executor):
             opt.step()
         adapted.append({k: p.detach() for k, p in params.items()})
         final.append({k: (opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for k, p in params.items()})
-    stored, steps = learner.carried_adam()
-    assert steps == 8
+    carried = learner.start_state()
+    assert carried["t"] == 8
+    stored = {k: (carried["m"][k], carried["v"][k]) for k in carried["m"]}
     for k in theta:
         torch.testing.assert_close(got[k], theta[k] - torch.stack([a[k] for a in adapted]).mean(0), rtol=1e-10, atol=1e-12)
         for j in (0, 1):
@@ -123,7 +125,7 @@ def test_carried_adam_state_is_in_the_state_dict_and_evaluation_leaves_it_alone(
     assert all(torch.equal(v, learner.state_dict()[k]) for k, v in saved.items())
     fresh = Reptile(hp, tiny_model(), "regression")
     fresh.load_state_dict(saved)
-    assert fresh.carried_adam()[1] == 3
+    assert fresh.start_state()["t"] == 3
     assert "inner_adam_steps" not in Reptile(ReptileConfig(), tiny_model(), "regression").state_dict()  # per task: no state
 
 

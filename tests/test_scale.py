@@ -14,7 +14,7 @@ from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.models.mlp import MLPConfig, make_mlp
 from metagrad.tasks import Sinusoid, TaskBatch
-from metagrad.train import meta_step
+from metagrad.step import MetaStep
 
 DEVICE = torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))
 
@@ -48,7 +48,7 @@ def test_chunked_meta_gradient_equals_one_pass(executor):
     for chunk in (0, 3):  # 8 tasks as one pass, and as chunks of 3 + 3 + 2
         learner = conv_learner(inner_steps=2, executor=executor)
         optimizer = torch.optim.SGD(learner.parameters(), lr=0.0)
-        stats.append(meta_step(learner, optimizer, batch, total_tasks=8, task_chunk=chunk))
+        stats.append(MetaStep(learner, optimizer, task_chunk=chunk)(batch, total_tasks=8))
         grads.append(flat_grad(learner))
     assert rel(grads[1], grads[0]) <= 1e-10
     for key in stats[0]:
@@ -77,8 +77,8 @@ def test_compiled_meta_loss_gives_the_same_meta_gradient():
     plain = flat_grad(learner)
     learner.zero_grad()
     backend = os.environ.get("METAGRAD_TEST_COMPILE_BACKEND", "aot_eager")
-    learner.meta_loss = torch.compile(learner.meta_loss, backend=backend)  # as train.compile=true does
-    learner.accumulate_meta_grad(batch)
+    step = MetaStep(learner, torch.optim.SGD(learner.parameters(), lr=0.0), compile="default", backend=backend)
+    step(batch, len(batch))  # as train.compile does
     assert rel(flat_grad(learner), plain) <= 1e-10
 
 

@@ -5,7 +5,7 @@ SPEC``), so that its peak memory is its own: the process's peak resident set (``
 only grows) after the timed steps, minus the peak before the first step (imports, model, data),
 gives the meta-step's footprint. On CUDA the peak is ``torch.cuda.max_memory_allocated`` since a
 reset, so configurations share one process, except compiled ones (a fresh process each). One iteration is
-what the training loop does per step: ``train.meta_step`` (zero grads, the meta-gradient chunk by
+what the training loop does per step: ``step.MetaStep`` (zero grads, the meta-gradient chunk by
 chunk, Adam) on a fixed synthetic batch of the right shape (data loading is benchmarked apart,
 benchmarks/bench_sampler.py). Times are wall clock; on a shared CPU also read the CPU-time
 column and the load average that the run records.
@@ -137,7 +137,7 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     from .models.mlp import MLPConfig, make_mlp
     from .tasks.batch import TaskBatch
     from .tasks.sinusoid import Sinusoid
-    from .train import meta_step
+    from .step import MetaStep
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -160,8 +160,6 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     learner = MAML(hp, model, kind).to(dev)
     batch = batch.to(dev)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    if cfg.compile:
-        learner.meta_loss = torch.compile(learner.meta_loss, mode=cfg.compile)
     cuda = dev.type == "cuda"
 
     def sync():
@@ -174,8 +172,10 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
         step = incumbent_step(cfg.executor, learner.model, lambda p, y: task_loss(kind, p, y), inner_lr,
                               cfg.inner_steps, cfg.first_order, optimizer, batch)
     else:
+        meta_step = MetaStep(learner, optimizer, cfg.task_chunk, compile=cfg.compile or "off")
+
         def step():
-            meta_step(learner, optimizer, batch, cfg.meta_batch, cfg.task_chunk)
+            meta_step(batch, cfg.meta_batch)
 
     rss_before = _max_rss_mb()
     if cuda:  # the peak includes the warm-up: CUDA graphs allocate their memory pool there

@@ -87,6 +87,18 @@ def all_reduce_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
         offset += n
 
 
+def all_reduce_sum_(tensors: list[torch.Tensor], ctx: DistContext) -> None:
+    """Sum each of ``tensors`` over ranks, in place, in one flat buffer."""
+    if ctx.world <= 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def broadcast_object(obj, ctx: DistContext):
     """Rank 0's ``obj`` on every rank."""
     if ctx.world <= 1:

@@ -66,18 +66,21 @@ def evaluate(
     done = 0
     bar = tqdm(total=episodes, unit="task", desc="evaluating", leave=False,
                disable=None if progress and ctx.is_main else True)  # None: off when not a terminal
-    while done < episodes:
-        n = min(batch_size, episodes - done)
-        batch = source.sample(n, generator)
-        keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
-        done += n
-        bar.update(n)
-        if not keep:
-            continue
-        batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
-        for key, out in learner.eval_predictions(batch).items():
-            pred, target = out if isinstance(out, tuple) else (out, batch.query_y)
-            per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        while done < episodes:
+            n = min(batch_size, episodes - done)
+            batch = source.sample(n, generator)
+            keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
+            torch.manual_seed(seed * 1_000_003 + done)  # a learner's own randomness (Reptile's mini-batches): fixed too
+            done += n
+            bar.update(n)
+            if not keep:
+                continue
+            batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
+            for key, out in learner.eval_predictions(batch).items():
+                pred, target = out if isinstance(out, tuple) else (out, batch.query_y)
+                per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
     bar.close()
     learner.train(was_training)
     name = metric_name(learner.kind)

@@ -2,11 +2,12 @@
 
     for it in range(start, iterations):
         batch = train_tasks.sample(local meta-batch, generator seeded by (seed, rank, it))
-        meta_step(learner, optimizer, batch)     # accumulate_meta_grad per task chunk, all-reduce
+        step(batch)                               # step.MetaStep: meta_loss per task chunk, all-reduce, optimizer
         log / validate / checkpoint               # rank 0 only
 
-Seeding each iteration's generator from (seed, rank, iteration) makes a resumed run draw
-exactly the tasks the uninterrupted run would have drawn.
+Seeding each iteration's task generator, and torch's global RNG that a learner may draw from
+inside its meta-step (Reptile's inner mini-batches), from (seed, rank, iteration) makes a
+resumed run draw exactly the tasks and mini-batches the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from tqdm import tqdm
 from .build import build_learner, build_task
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, resolve
-from .distributed import DistContext, all_reduce_grads, all_reduce_sum, broadcast_object, process_group
+from .distributed import DistContext, all_reduce_sum, broadcast_object, process_group
 from .errors import ConfigError, MetagradError
 from .evaluate import Estimate, evaluate
 from .io import atomic_write_text
 from .learners.base import MetaLearner
 from .logger import MetricLogger
+from .step import MetaStep
 from .tasks.batch import TaskBatch, TaskSpec
 
 VAL_SEED = 1001
@@ -48,9 +50,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def iteration_seed(seed: int, rank: int, iteration: int) -> int:
+    return ((seed * 1_000_003 + iteration) * 1009 + rank) % (2**63)
+
+
 def iteration_generator(seed: int, rank: int, iteration: int) -> torch.Generator:
     """The task stream of one rank at one iteration."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + iteration) * 1009 + rank) % (2**63))
+    return torch.Generator().manual_seed(iteration_seed(seed, rank, iteration))
+
+
+def seed_learner_rng(seed: int, rank: int, iteration: int) -> None:
+    """Seed torch's global RNG (every device; no host-device synchronisation) for the randomness a
+    learner draws inside one meta-step, apart from the task stream's."""
+    torch.manual_seed((iteration_seed(seed, rank, iteration) + 1) % (2**63))
 
 
 def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -63,35 +75,6 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
     else:
         factor = lambda it: 1.0  # noqa: E731
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def meta_step(
-    learner: MetaLearner,
-    optimizer: torch.optim.Optimizer,
-    batch: TaskBatch,
-    total_tasks: int,
-    task_chunk: int = 0,
-    grad_clip: float = 0.0,
-    ctx: DistContext = DistContext(),
-) -> dict[str, torch.Tensor]:
-    """One outer step on this rank's ``batch`` (a share of ``total_tasks`` over all ranks).
-
-    Each chunk of ``task_chunk`` tasks is back-propagated and freed before the next, so peak
-    memory scales with the chunk, not the meta-batch. Returns this rank's mean stats.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    chunks = batch.chunks(task_chunk) if task_chunk else [batch]
-    stats: dict[str, torch.Tensor] = {}
-    for chunk in chunks:
-        part = learner.accumulate_meta_grad(chunk, weight=len(chunk) / total_tasks)
-        for k, v in part.items():
-            stats[k] = stats.get(k, 0.0) + v * (len(chunk) / len(batch))
-    params = [p for p in learner.parameters() if p.requires_grad]
-    all_reduce_grads(params, ctx)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return stats
 
 
 @contextmanager
@@ -187,8 +170,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         seconds_before = float(state.get("train_seconds", 0.0))
         if ctx.is_main:
             log(f"resuming {run_dir} from iteration {start}")
-    if tc.compile != "off":
-        learner.meta_loss = torch.compile(learner.meta_loss, mode=tc.compile)
+    step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile,
+                    log=log if ctx.is_main else (lambda message: None))
 
     def checkpoint(iteration: int) -> None:
         if ctx.is_main:
@@ -226,7 +209,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
                 batch = batch_to(train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)), device, dtype)
-                stats = meta_step(learner, optimizer, batch, tc.meta_batch, tc.task_chunk, tc.grad_clip, ctx)
+                seed_learner_rng(tc.seed, ctx.rank, iteration)
+                stats = step(batch, tc.meta_batch)
                 scheduler.step()
                 step_seconds += time.perf_counter() - t_step
                 done = iteration + 1

@@ -10,7 +10,8 @@ body gets its meta-gradient through the query loss alone. Everything else is MAM
 from __future__ import annotations
 
 from ..registry import LEARNERS
-from .maml import MAML, MAMLConfig, Params
+from .functional import Params
+from .maml import MAML, MAMLConfig
 
 
 class ANIL(MAML):

@@ -2,10 +2,18 @@
 
     base = learner.adapt(support_x, support_y)   # inner level: [B, S, ...] -> a base learner
     pred = base(query_x)                         # [B, Q, ...] -> [B, Q, n_outputs]
-    loss, stats = learner.meta_loss(batch)       # outer level: mean query loss over tasks
+    objective, stats = learner.meta_loss(batch)  # outer level: the one meta-gradient contract
 
-The training loop only calls ``accumulate_meta_grad`` (which fills ``.grad`` of the
-meta-parameters), ``eval_predictions`` and ``headline``; nothing in it knows which learner runs.
+``meta_loss`` is the one way a learner delivers its meta-gradient: the gradient of ``objective``
+with respect to the meta-parameters is the meta-gradient of the batch (the mean over its tasks).
+For most learners the objective is the mean query loss; for Reptile it is ½ ‖θ − sg(mean θ')‖²,
+whose gradient is θ − mean θ'. The training loop, ``metagrad bench``, torch.distributed and
+``train.compile`` all run it through ``step.MetaStep`` (backward of the objective per task
+chunk, all-reduce, optimizer step), so no learner has a second path that could fall off the
+compiled one. A learner that keeps state across meta-steps (Reptile's carried inner Adam) adds
+each task's contribution into ``task_sums()`` inside ``meta_loss``; the step sums them over
+chunks and ranks like gradients, then calls ``end_meta_step()``. Evaluation uses
+``eval_predictions`` and ``headline``; nothing outside learners/ knows which learner runs.
 """
 
 from __future__ import annotations
@@ -41,8 +49,8 @@ def metric_name(kind: str) -> str:
 
 
 class MetaLearner(nn.Module):
-    """Base class. Subclasses implement ``adapt``; gradient-free learners may keep the default
-    ``meta_loss`` (mean query loss of the adapted base learner, differentiated by autograd)."""
+    """Base class. Subclasses implement ``adapt``; the default ``meta_loss`` is the mean query loss
+    of the adapted base learner, differentiated by autograd."""
 
     #: key of ``eval_predictions`` that summaries report first
     headline: str = "adapted"
@@ -63,16 +71,29 @@ class MetaLearner(nn.Module):
         raise NotImplementedError("abstract: each learner defines adapt")
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Mean query loss over the batch (differentiable in the meta-parameters) and stats."""
+        """(objective, stats): a scalar whose gradient in the meta-parameters is the batch's
+        meta-gradient, and detached scalar statistics ("loss" and the metric). Default: the mean
+        query loss over the batch."""
         pred = self.adapt(batch.support_x, batch.support_y)(batch.query_x)
         loss = self.loss(pred, batch.query_y)
         return loss, {"loss": loss.detach(), metric_name(self.kind): task_metric(self.kind, pred.detach(), batch.query_y).mean()}
 
-    def accumulate_meta_grad(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, Tensor]:
-        """Add ``weight`` x the meta-gradient of ``batch`` to each meta-parameter's ``.grad``."""
-        loss, stats = self.meta_loss(batch)
-        (loss * weight).backward()
+    def accumulate_meta_grad(self, batch: TaskBatch, weight: float = 1.0, objective=None) -> dict[str, Tensor]:
+        """Add ``weight`` x the meta-gradient of ``batch`` to each meta-parameter's ``.grad``:
+        backward of ``objective(batch)`` (default ``meta_loss``; step.MetaStep passes its compiled
+        form). A learner without meta-parameters (k-NN on pixels) only computes the stats."""
+        loss, stats = (objective or self.meta_loss)(batch)
+        if loss.requires_grad:
+            (loss * weight).backward()
         return stats
+
+    def task_sums(self) -> list[Tensor]:
+        """Tensors ``meta_loss`` adds per-task contributions into, summed over ranks by the step
+        before ``end_meta_step`` (default: none)."""
+        return []
+
+    def end_meta_step(self) -> None:
+        """Called once after each optimizer step (after ``task_sums`` are summed over ranks)."""
 
     @torch.no_grad()
     def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:

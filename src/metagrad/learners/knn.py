@@ -67,13 +67,6 @@ class KNN(MetricLearner):
         loss = self.loss(pred, batch.query_y)
         return loss, {"loss": loss.detach(), metric_name(self.kind): task_metric(self.kind, pred.detach(), batch.query_y).mean()}
 
-    def accumulate_meta_grad(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, Tensor]:
-        """Raw pixels have no meta-parameters: only the statistics are computed."""
-        if self.hp.embedding == "learned":
-            return super().accumulate_meta_grad(batch, weight)
-        with torch.no_grad():
-            return self.meta_loss(batch)[1]
-
 
 @LEARNERS.register("knn", KNNConfig)
 def make_knn(hp: KNNConfig, build_model, task) -> KNN:

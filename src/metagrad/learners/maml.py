@@ -5,7 +5,9 @@ Outer objective (eq. 2):                                  Σ_i L_i^test(θ'_i)
 Its gradient (eq. 3): autograd through the inner steps gives
     ∇θ L_i^test(θ'_i) = Π_steps (I − α ∇² L_i^train) · ∇θ' L_i^test(θ'_i)
 as Hessian-vector products, never materialising the Hessian. First-order MAML (eq. 4)
-detaches the inner gradients, which drops the Hessian factors.
+detaches the inner gradients, which drops the Hessian factors. The inner loop is the
+functional base's (functional.py): any differentiable inner optimizer (``inner_optimizer``:
+SGD, momentum, Adam) and the step-indexed hooks the variants (Meta-SGD, ANIL, MAML++) override.
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..config import HParams, choice, nonnegative, positive
+from ..config import choice, nonnegative, positive
+from ..errors import ConfigError
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, metric_name, task_loss, task_metric
+from .base import metric_name, task_loss, task_metric
 from .executors import EXECUTORS, map_tasks, resolve_executor
-
-Params = dict[str, Tensor]
+from .functional import AdaptedModel, FunctionalLearner, Params, detached, query_step
+from .inner_optim import InnerOptimizerConfig
 
 
 @dataclass
-class MAMLConfig(HParams):
+class MAMLConfig(InnerOptimizerConfig):
     inner_lr: float = positive(0.01)  # alpha
     inner_steps: int = positive(1)  # inner steps during meta-training
     eval_steps: int = nonnegative(10)  # inner steps at test time; evaluation reports 0..eval_steps
@@ -37,91 +39,42 @@ class MAMLConfig(HParams):
     # after each step instead of every step's activations (memory of ~1 step for many steps)
     checkpoint_inner: bool = False
 
-
-class AdaptedModel:
-    """A base learner: the backbone evaluated with per-task adapted parameters.
-    params: each [B, *shape]; query_x [B, Q, ...] -> [B, Q, out]."""
-
-    def __init__(self, model: nn.Module, params: Params, buffers: Params, executor: str):
-        self.model, self.params, self.buffers, self.executor = model, params, buffers, executor
-
-    def __call__(self, query_x: Tensor) -> Tensor:
-        def one(p, x):
-            return functional_call(self.model, (p, self.buffers), (x,))
-
-        return map_tasks(one, self.executor, self.params, query_x)
-
-
-class FunctionalLearner(MetaLearner):
-    """A learner whose base learner is the backbone run with per-task parameters (MAML, Reptile);
-    ``hp.eval_steps`` inner steps at test time give the headline setting."""
-
-    def __init__(self, hp, model: nn.Module, kind: str):
-        super().__init__(kind)
-        self.hp = hp
-        self.model = model
-        self.headline = self.step_label(hp.eval_steps)
-
-    @classmethod
-    def for_task(cls, hp, build_model, task):
-        """The learner over a backbone with one output per class (or target dim) of ``task``."""
-        learner = cls(hp, build_model(task.n_outputs), task.kind)
-        if task.kind == "classification":
-            learner.fixed_ways = task.n_outputs  # the head has one output per class
-        return learner
-
-    @staticmethod
-    def step_label(steps: int) -> str:
-        return f"{steps} step" + ("" if steps == 1 else "s")
-
-    def forward_task(self, params: Params, x: Tensor) -> Tensor:
-        """One task's forward pass with explicit parameters. x [N, ...] -> [N, out]."""
-        return functional_call(self.model, (params, dict(self.model.named_buffers())), (x,))
+    def validate(self):
+        super().validate()
+        if self.checkpoint_inner and self.inner_optimizer != "sgd":
+            raise ConfigError(f"learner.checkpoint_inner needs learner.inner_optimizer='sgd', got {self.inner_optimizer!r}")
 
 
 class MAML(FunctionalLearner):
     """MAML / first-order MAML over any backbone; tasks vectorised with torch.func.vmap.
-    Subclasses change which parameters the inner loop adapts (``adapted_names``: ANIL) and
-    their step sizes (``step_size``: Meta-SGD)."""
+    Variants override the functional base's hooks, and ``first_order_now`` / ``query_loss_weights``."""
 
-    def adapted_names(self, params: Params) -> list[str]:
-        """The parameters the inner loop updates (MAML: all of them)."""
-        return list(params)
+    def first_order_now(self) -> bool:
+        """Whether this meta-step drops the Hessian terms."""
+        return self.hp.first_order
 
-    def step_size(self, name: str) -> float | Tensor:
-        """α of parameter ``name``: a number, or a tensor of the parameter's shape."""
-        return self.hp.inner_lr
-
-    def inner_loop(self, params: Params, sx: Tensor, sy: Tensor, steps: int, first_order: bool) -> list[Params]:
-        """The trajectory θ, θ'(1), ..., θ'(steps) on one task's support set (eq. 1); parameters
-        outside ``adapted_names`` stay θ."""
-        names = self.adapted_names(params)
-
-        def support_loss(fast: Params, p: Params) -> Tensor:
-            return task_loss(self.kind, self.forward_task({**p, **fast}, sx), sy)
-
-        trajectory = [params]
-        for _ in range(steps):
-            grads = torch.func.grad(support_loss)({k: params[k] for k in names}, params)
-            if first_order:
-                grads = {k: g.detach() for k, g in grads.items()}
-            params = {**params, **{k: params[k] - self.step_size(k) * grads[k] for k in names}}
-            trajectory.append(params)
-        return trajectory
-
-    def meta_parameters(self) -> Params:
-        return dict(self.model.named_parameters())
+    def query_loss_weights(self) -> Tensor | None:
+        """Weights of the query loss after each of the inner_steps updates, or None: the final
+        update's alone (MAML). MAML++'s multi-step loss returns a [inner_steps] tensor."""
+        return None
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         params = self.meta_parameters()
         executor = resolve_executor(self.hp.executor, (batch.support_x, batch.query_x), (0, 0))
+        steps, first_order, weights = self.hp.inner_steps, self.first_order_now(), self.query_loss_weights()
         if self.hp.checkpoint_inner:
+            if weights is not None:
+                raise ConfigError("learner.checkpoint_inner supports the final step's query loss only")
             return self._checkpointed_meta_loss(params, batch, executor)
 
         def one_task(sx, sy, qx, qy):
-            adapted = self.inner_loop(params, sx, sy, self.hp.inner_steps, self.hp.first_order)[-1]
-            pred = self.forward_task(adapted, qx)
-            return task_loss(self.kind, pred, qy), task_metric(self.kind, pred.detach(), qy)
+            kept, *_ = self.inner_loop(params, lambda t: (sx, sy), steps, first_order, keep=None if weights is not None else (steps,))
+            if weights is None:
+                pred = self.forward_task(kept[-1], qx, query_step(steps))
+                return task_loss(self.kind, pred, qy), task_metric(self.kind, pred.detach(), qy)
+            preds = [self.forward_task(p, qx, query_step(k)) for k, p in enumerate(kept) if k > 0]
+            loss = sum(w * task_loss(self.kind, pred, qy) for w, pred in zip(weights, preds))
+            return loss, task_metric(self.kind, preds[-1].detach(), qy)
 
         losses, metrics = map_tasks(one_task, executor, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         loss = losses.mean()
@@ -131,21 +84,25 @@ class MAML(FunctionalLearner):
         """meta_loss with each inner step (over all tasks: [B, *shape] parameters in and out) run
         under torch.utils.checkpoint. Reentrant checkpointing, outside vmap: torch.func transforms
         refuse the saved-tensor hooks of the non-reentrant form. So the meta-gradient must be taken
-        with ``.backward()`` (as ``accumulate_meta_grad`` does), not with torch.autograd.grad."""
+        with ``.backward()`` (as ``accumulate_meta_grad`` does), not with torch.autograd.grad.
+        The inner optimizer is SGD (MAMLConfig.validate), whose state is empty."""
         names = list(params)
+        first_order = self.first_order_now()
 
-        def one_step(sx, sy, *p):
-            return tuple(self.inner_loop(dict(zip(names, p)), sx, sy, 1, self.hp.first_order)[-1].values())
+        def step(t, sx, sy, *flat):
+            def one(sx, sy, *p):
+                p = dict(zip(names, p))
+                kept, *_ = self.inner_loop(p, lambda _: (sx, sy), 1, first_order, keep=(1,), first_step=t)
+                return tuple(kept[-1].values())
 
-        def step(sx, sy, *flat):
-            return map_tasks(one_step, executor, sx, sy, *flat)
+            return map_tasks(one, executor, sx, sy, *flat)
 
         flat = tuple(p.expand(len(batch), *p.shape) for p in params.values())
-        for _ in range(self.hp.inner_steps):
-            flat = checkpoint(step, batch.support_x, batch.support_y, *flat, use_reentrant=True)
+        for t in range(self.hp.inner_steps):
+            flat = checkpoint(step, t, batch.support_x, batch.support_y, *flat, use_reentrant=True)
 
         def query(qx, qy, *p):
-            pred = self.forward_task(dict(zip(names, p)), qx)
+            pred = self.forward_task(dict(zip(names, p)), qx, query_step(self.hp.inner_steps))
             return task_loss(self.kind, pred, qy), task_metric(self.kind, pred.detach(), qy)
 
         losses, metrics = map_tasks(query, executor, batch.query_x, batch.query_y, *flat)
@@ -154,23 +111,18 @@ class MAML(FunctionalLearner):
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> AdaptedModel:
         steps = self.hp.eval_steps if steps is None else steps
-        params = {k: p.detach() for k, p in self.meta_parameters().items()}
-
-        def one_task(sx, sy):
-            return self.inner_loop(params, sx, sy, steps, first_order=True)[-1]
-
         executor = resolve_executor(self.hp.executor, (support_x,), (0,))
-        adapted = map_tasks(one_task, executor, support_x, support_y)
-        return AdaptedModel(self.model, adapted, dict(self.model.named_buffers()), executor)
+        (params,) = self.adapted(support_x, support_y, steps, keep=(steps,), executor=executor)
+        return AdaptedModel(self, params, steps, executor)
 
     @torch.no_grad()
     def eval_predictions(self, batch: TaskBatch) -> dict[str, Tensor]:
         """Query predictions after 0, 1, ..., eval_steps inner steps (one trajectory per task)."""
-        params = {k: p.detach() for k, p in self.meta_parameters().items()}
+        params = detached(self.meta_parameters())
 
         def one_task(sx, sy, qx):
-            trajectory = self.inner_loop(params, sx, sy, self.hp.eval_steps, first_order=True)
-            return [self.forward_task(p, qx) for p in trajectory]
+            trajectory, *_ = self.inner_loop(params, lambda t: (sx, sy), self.hp.eval_steps, first_order=True)
+            return [self.forward_task(p, qx, query_step(k)) for k, p in enumerate(trajectory)]
 
         preds = map_tasks(one_task, self.hp.executor, batch.support_x, batch.support_y, batch.query_x)
         return {self.step_label(k): p for k, p in enumerate(preds)}

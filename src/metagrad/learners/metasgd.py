@@ -32,7 +32,7 @@ class MetaSGD(MAML):
             {_key(n): nn.Parameter(torch.full_like(p, hp.inner_lr)) for n, p in model.named_parameters()}
         )
 
-    def step_size(self, name: str) -> Tensor:
+    def step_size(self, name: str, step: int) -> Tensor:
         return self.alpha[_key(name)]
 
 
