@@ -20,8 +20,12 @@ from .base import BaseLearner, MetaLearner
 from .executors import map_tasks
 
 
+@torch.compiler.disable
 def n_ways(support_y: Tensor) -> int:
-    """Number of classes of a batch of tasks whose labels are 0..N-1. support_y [B, S] -> N."""
+    """Number of classes of a batch of tasks whose labels are 0..N-1. support_y [B, S] -> N.
+
+    Read on the host outside torch.compile (a tensor's value cannot be a shape inside a graph);
+    a compiled meta-step is specialised to each N it meets."""
     return int(support_y.max()) + 1
 
 
