@@ -77,9 +77,11 @@ class TrainConfig(HParams):
     meta_batch: int = positive(25)
     optimizer: str = choice("adam", ("adam", "sgd"))  # outer optimizer
     lr: float = positive(1e-3)  # outer (meta) learning rate beta
-    lr_schedule: str = choice("constant", ("constant", "step", "linear"))  # linear: lr -> 0 at the end
+    # linear: lr -> 0 at the end; cosine: lr -> lr_min along half a cosine over the run
+    lr_schedule: str = choice("constant", ("constant", "step", "linear", "cosine"))
     lr_step: int = positive(2000)  # "step": multiply lr by lr_gamma every lr_step iterations
     lr_gamma: float = positive(0.5)
+    lr_min: float = nonnegative(0.0)  # "cosine": the final lr
     grad_clip: float = nonnegative(0.0)  # 0 = off
     eval_every: int = nonnegative(500)  # validation every N iterations; 0 = only at the end
     eval_tasks: int = positive(100)  # validation tasks per evaluation

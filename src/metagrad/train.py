@@ -13,6 +13,7 @@ resumed run draw exactly the tasks and mini-batches the uninterrupted run would 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from contextlib import contextmanager
@@ -72,6 +73,9 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
         factor = lambda it: cfg.lr_gamma ** (it // cfg.lr_step)  # noqa: E731
     elif cfg.lr_schedule == "linear":
         factor = lambda it: max(0.0, 1.0 - it / cfg.iterations)  # noqa: E731
+    elif cfg.lr_schedule == "cosine":
+        low = cfg.lr_min / cfg.lr
+        factor = lambda it: low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(it / cfg.iterations, 1.0)))  # noqa: E731
     else:
         factor = lambda it: 1.0  # noqa: E731
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

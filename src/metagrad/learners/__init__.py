@@ -4,6 +4,7 @@ from .anil import ANIL
 from .base import MetaLearner
 from .knn import KNN, KNNConfig
 from .maml import MAML, MAMLConfig
+from .mamlpp import MAMLPlusPlus, MAMLPPConfig
 from .mann import MANN, MANNConfig
 from .matching import MatchingConfig, MatchingNet
 from .metanet import MetaNet, MetaNetConfig
@@ -12,4 +13,4 @@ from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["ANIL", "MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
