@@ -53,13 +53,16 @@ def tiny_task(cfg, seed: int):
 
 def tiny_setup(learner_name: str, seed: int = 0):
     """(config, task source, learner) for the quickest preset of a learner that has
-    meta-parameters (a narrow backbone: model.channels=8 where the model has channels)."""
+    meta-parameters, made small where the fields exist: model.channels=8, 2 inner steps."""
     for preset in presets_of(learner_name):
         try:
             cfg = load_config(preset)
         except ConfigError:  # a preset that needs the user's --set (folder-quick: task.path)
             continue
-        narrow = ["model.channels=8"] if any(f.name == "channels" for f in dataclasses.fields(cfg.model.hp)) else []
+        model_fields = {f.name for f in dataclasses.fields(cfg.model.hp)}
+        learner_fields = {f.name for f in dataclasses.fields(cfg.learner.hp)}
+        narrow = ["model.channels=8"] if "channels" in model_fields else []
+        narrow += [f"learner.{k}=2" for k in ("inner_steps", "eval_steps") if k in learner_fields]
         cfg = load_config(preset, narrow + [f"train.seed={seed}"])
         task = tiny_task(cfg, seed)
         learner = build_learner(cfg, task)

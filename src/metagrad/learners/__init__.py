@@ -2,6 +2,7 @@
 
 from .anil import ANIL
 from .base import MetaLearner
+from .imaml import IMAML, IMAMLConfig
 from .knn import KNN, KNNConfig
 from .maml import MAML, MAMLConfig
 from .mamlpp import MAMLPlusPlus, MAMLPPConfig
@@ -13,4 +14,4 @@ from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["ANIL", "MetaLearner", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
