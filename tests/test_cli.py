@@ -222,3 +222,82 @@ def test_the_curve_flags_validation_classes_that_were_also_trained_on(tmp_path):
     cfg = load_config("maml-omniglot-5w1s")  # the paper's protocol: trains on train + val
     cfg.save(tmp_path / "config.json")
     assert validation_label(tmp_path) == "validation (classes also trained on)"
+
+
+@pytest.mark.parametrize("override", ["train.lr=1e6", "learner.inner_lr=1e6"])
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing_non_finite(tmp_path, capsys, override):
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--quiet", "--set", override,
+                           "--set", "train.iterations=200", "--set", "train.log_every=10", "--set", "train.checkpoint_every=5")
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("metagrad: error: training diverged by iteration") and "Traceback" not in err, err
+    if (out_dir / "checkpoint.pt").exists():  # whatever was saved is a finite state
+        state = load_checkpoint(out_dir)
+        assert f"keeps iteration {state['iteration']}" in line
+        assert all(torch.isfinite(v).all() for v in state["learner"].values() if v.is_floating_point())
+    assert not (out_dir / "report.json").exists()
+
+
+def test_sigint_stops_at_the_iteration_end_and_resumes_exactly(tmp_path):
+    """Ctrl-C mid-run saves the state after a whole iteration; resuming gives the uninterrupted weights."""
+    common = ["--quiet", "--set", "train.iterations=200", "--set", "train.checkpoint_every=100000",
+              "--set", "train.eval_every=0", "--set", "train.log_every=10", "--set", "train.test_tasks=20"]
+    out_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "metagrad", "train", "--out", str(out_dir), *common],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out_dir / "metrics.jsonl").exists() or not (out_dir / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; checkpoint saved" in err, err[-3000:]
+    reached = load_checkpoint(out_dir)["iteration"]
+    assert 0 < reached < 200
+    finish = subprocess.run([sys.executable, "-m", "metagrad", "train", "--out", str(out_dir), *common],
+                            capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, "-m", "metagrad", "train", "--out", str(whole), *common], check=True, capture_output=True, timeout=300)
+    a, b = load_checkpoint(out_dir), load_checkpoint(whole)
+    for k in b["learner"]:
+        assert torch.equal(a["learner"][k], b["learner"][k]), k
+
+
+def test_sigint_inside_the_optimizer_step_saves_the_whole_step(tmp_path, monkeypatch):
+    """Ctrl-C between the meta-gradient and the optimizer step (once raised there: a checkpoint
+    labelled k holding half-applied or k+1 weights) finishes the iteration, then saves it."""
+    from metagrad.step import MetaStep
+
+    original = MetaStep.__call__
+    calls = []
+
+    def step_with_sigint_midway(self, batch, total):
+        calls.append(1)
+        if len(calls) == 21:
+            original_step = self.optimizer.step
+
+            def interrupted_step(*a, **k):
+                os.kill(os.getpid(), signal.SIGINT)  # delivered at once, inside the step
+                return original_step(*a, **k)
+
+            self.optimizer.step = interrupted_step
+            try:
+                return original(self, batch, total)
+            finally:
+                self.optimizer.step = original_step
+        return original(self, batch, total)
+
+    overrides = ["train.iterations=60", "train.log_every=10", "train.eval_every=0", "train.checkpoint_every=1000", "train.test_tasks=20"]
+    monkeypatch.setattr(MetaStep, "__call__", step_with_sigint_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config("sine-quick", overrides), tmp_path / "run", progress=False, log=lambda m: None)
+    monkeypatch.setattr(MetaStep, "__call__", original)
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["iteration"] == 21
+    train(load_config("sine-quick", overrides[:1] and ["train.iterations=21", *overrides[1:]]), tmp_path / "ref", progress=False, log=lambda m: None)
+    ref = load_checkpoint(tmp_path / "ref")
+    for k in ref["learner"]:
+        assert torch.equal(saved["learner"][k], ref["learner"][k]), k
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again

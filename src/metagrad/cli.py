@@ -37,7 +37,7 @@ def _overrides(args) -> list[str]:
 def cmd_train(args) -> int:
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     from .config import apply_overrides, load_config, resolve
-    from .train import train
+    from .train import StopNow, train
 
     out = Path(args.out) if args.out else None
     if out is not None and (out / CHECKPOINT_NAME).exists() and args.preset is None:
@@ -61,8 +61,12 @@ def cmd_train(args) -> int:
     say(f"  run directory: {out}", file=sys.stderr)
     try:
         report = train(cfg, out, progress=not args.quiet, log=lambda m: say(m, file=sys.stderr))
-    except KeyboardInterrupt:
-        say(f"\ninterrupted; checkpoint saved. Resume with: metagrad train --out {out}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        saved = "stopped without saving" if isinstance(e, StopNow) else "interrupted; checkpoint saved"
+        if (Path(out) / CHECKPOINT_NAME).exists():
+            say(f"\n{saved}. Resume with: metagrad train --out {out}", file=sys.stderr)
+        else:
+            say(f"\n{saved}; no checkpoint yet (the run starts afresh)", file=sys.stderr)
         return 130
     speed = f", {report['iterations_per_second']:.3g} it/s" if report["iterations_per_second"] else ""
     say(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}{speed}"

@@ -15,3 +15,7 @@ class DataError(MetagradError):
 
 class CheckpointError(MetagradError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+class DivergedError(MetagradError):
+    """Training produced a non-finite loss or weights; nothing non-finite was saved."""

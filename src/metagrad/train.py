@@ -26,7 +26,7 @@ from .build import build_learner, build_task
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig, resolve
 from .distributed import DistContext, all_reduce_sum, broadcast_object, process_group
-from .errors import ConfigError, MetagradError
+from .errors import ConfigError, DivergedError, MetagradError
 from .evaluate import Estimate, evaluate
 from .io import atomic_write_text
 from .learners.base import MetaLearner
@@ -81,22 +81,52 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, without saving (the last checkpoint is kept)."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def stop_on_sigterm():
-    """Make SIGTERM (e.g. a scheduler stopping the job) a request to stop after the current
-    iteration; yields a function that says whether one came. The loop then checkpoints as on
-    Ctrl-C. Deferring the stop keeps the signal out of half-done work (a log line, a lazy import,
-    a checkpoint write, a CUDA graph); Ctrl-C itself still interrupts at once."""
-    requested = []
+def stop_at_iteration_end(log=print):
+    """Make Ctrl-C (SIGINT) and SIGTERM (e.g. a scheduler stopping the job) a request to stop
+    after the current iteration; yields a function that says whether one came. The loop then
+    checkpoints. Deferring the stop keeps the signal out of half-done work (an optimizer step,
+    a state_dict, a log line, a checkpoint write, a CUDA graph), so what is saved is always a
+    real state of the run. A second Ctrl-C raises StopNow at once, saving nothing."""
+    requested: list[int] = []
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise StopNow
+        if not requested:
+            log("\nstopping after this iteration to save a checkpoint (Ctrl-C again: stop now without saving)")
+        requested.append(signum)
+
     try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread
         yield lambda: False
         return
     try:
         yield lambda: bool(requested)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def require_finite(learner: MetaLearner, values: dict[str, float], iteration: int, saved: int | None, ckpt: Path) -> None:
+    """Raise DivergedError if a logged statistic or a learner tensor is NaN or infinite."""
+    bad = next((f"the training {k} is {v}" for k, v in values.items() if not math.isfinite(v)), None)
+    if bad is None:
+        tensors = [t for t in learner.state_dict().values() if t.is_floating_point()]
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            bad = "the learner's weights are not finite"
+    if bad is not None:
+        kept = f"{ckpt} keeps iteration {saved}" if saved is not None else "nothing was saved"
+        raise DivergedError(f"training diverged by iteration {iteration}: {bad}; {kept}. "
+                            "Try a lower train.lr or learner.inner_lr, or set train.grad_clip")
 
 
 #: train settings that change speed or memory but not the mathematics; a resumed run may change them
@@ -177,7 +207,11 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile,
                     log=log if ctx.is_main else (lambda message: None))
 
+    saved_at = [start if state is not None else None]
+
     def checkpoint(iteration: int) -> None:
+        require_finite(learner, {}, iteration, saved_at[0], ckpt_path)  # identical on every rank
+        saved_at[0] = iteration
         if ctx.is_main:
             save_checkpoint(
                 ckpt_path,
@@ -208,7 +242,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
     try:
-        with stop_on_sigterm() as stop_requested:
+        with stop_at_iteration_end(log if ctx.is_main else (lambda message: None)) as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
@@ -228,6 +262,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     sums = all_reduce_sum(torch.stack([running[k] for k in keys]) * (local / tc.meta_batch), ctx)
                     values = dict(zip(keys, (sums / n).tolist()))
                     running = {}
+                    require_finite(learner, values, done, saved_at[0], ckpt_path)
                     if ctx.is_main:
                         logger.log(done, "train", {**values, "lr": scheduler.get_last_lr()[0]})
                         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
@@ -237,11 +272,14 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     checkpoint(done)
                 if stop_requested():
                     raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        checkpoint(done)
+    except BaseException as e:  # a stop request, a second Ctrl-C, divergence, an error
         bar.close()
-        if logger is not None:
-            logger.close()
+        try:
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, StopNow):
+                checkpoint(done)
+        finally:
+            if logger is not None:
+                logger.close()
         raise
     bar.close()
     train_seconds = seconds_before + time.time() - t0
