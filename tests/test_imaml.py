@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from metagrad.config import load_config
 from metagrad.learners.imaml import IMAML, IMAMLConfig, conjugate_gradient
 from metagrad.tasks import TaskBatch
-from metagrad.train import train
+from test_learning import sine_adaptation
 
 
 def spd(n=6, seed=0):
@@ -104,9 +103,6 @@ def test_first_order_drops_the_implicit_correction():
 
 
 def test_imaml_sine_learns(tmp_path):
-    cfg = load_config("sine-quick", ["learner.name=imaml", "learner.inner_lr=0.01", "learner.inner_steps=5",
-                                     "learner.eval_steps=5", "learner.lam=0.5", "learner.cg_steps=3",
-                                     "train.iterations=1200", "train.eval_every=0", "train.test_tasks=200"])
-    report = train(cfg, tmp_path / "run", progress=False)
-    pre, post = report["test"]["0 steps"]["mean"], report["test"]["5 steps"]["mean"]
+    pre, post = sine_adaptation(tmp_path, ["learner.name=imaml", "learner.inner_lr=0.01", "learner.inner_steps=5",
+                                           "learner.lam=0.5", "learner.cg_steps=3"], steps=5)
     assert post < 0.6 * pre, (pre, post)

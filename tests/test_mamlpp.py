@@ -6,12 +6,11 @@ and a short learning run."""
 import pytest
 import torch
 
-from metagrad.config import load_config
 from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.learners.mamlpp import MAMLPlusPlus, MAMLPPConfig, msl_weights
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.tasks import TaskBatch
-from metagrad.train import train
+from test_learning import sine_adaptation
 
 
 def tiny_conv(seed=0) -> Conv4:
@@ -129,11 +128,8 @@ def test_epochs_advance_with_meta_steps_and_drive_the_schedules():
 
 
 def test_mamlpp_sine_learns(tmp_path):
-    cfg = load_config("sine-quick", ["learner.name=mamlpp", "learner.inner_lr=0.01", "learner.inner_steps=2",
-                                     "learner.eval_steps=2", "learner.msl_epochs=1", "learner.iterations_per_epoch=300",
-                                     "train.iterations=1200", "train.eval_every=0", "train.test_tasks=200"])
-    report = train(cfg, tmp_path / "run", progress=False)
-    pre, post = report["test"]["0 steps"]["mean"], report["test"]["2 steps"]["mean"]
+    pre, post = sine_adaptation(tmp_path, ["learner.name=mamlpp", "learner.inner_lr=0.01", "learner.inner_steps=2",
+                                           "learner.msl_epochs=1", "learner.iterations_per_epoch=300"], steps=2)
     assert post < 0.6 * pre, (pre, post)
 
 

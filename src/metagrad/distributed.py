@@ -77,21 +77,17 @@ def all_reduce_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
     """Sum ``.grad`` of ``params`` over ranks in one flat buffer (missing grads count as zero)."""
     if ctx.world <= 1 or not params:  # k-NN on pixels has no parameters
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
     for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_sum_([p.grad for p in params], ctx)
 
 
 def all_reduce_sum_(tensors: list[torch.Tensor], ctx: DistContext) -> None:
     """Sum each of ``tensors`` over ranks, in place, in one flat buffer."""
     if ctx.world <= 1 or not tensors:
         return
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     offset = 0
     for t in tensors:

@@ -6,13 +6,13 @@
 
 ``meta_loss`` is the one way a learner delivers its meta-gradient: the gradient of ``objective``
 with respect to the meta-parameters is the meta-gradient of the batch (the mean over its tasks).
-For most learners the objective is the mean query loss; for Reptile it is ½ ‖θ − sg(mean θ')‖²,
-whose gradient is θ − mean θ'. The training loop, ``metagrad bench``, torch.distributed and
+For most learners the objective is the mean query loss; for Reptile it is ½ ‖θ − sg(mean θ')‖²
+and for iMAML Σ θ · sg(mean g) (sg: no gradient), whose gradients are θ − mean θ' and mean g. The training loop, ``metagrad bench``, torch.distributed and
 ``train.compile`` all run it through ``step.MetaStep`` (backward of the objective per task
 chunk, all-reduce, optimizer step), so no learner has a second path that could fall off the
-compiled one. A learner that keeps state across meta-steps (Reptile's carried inner Adam) adds
-each task's contribution into ``task_sums()`` inside ``meta_loss``; the step sums them over
-chunks and ranks like gradients, then calls ``end_meta_step()``. Evaluation uses
+compiled one. A learner that keeps state across meta-steps adds each task's contribution into ``task_sums()``
+inside ``meta_loss`` (Reptile's carried inner Adam); the step sums them over chunks and ranks like
+gradients, then calls ``end_meta_step()`` (which also advances MAML++'s epoch count). Evaluation uses
 ``eval_predictions`` and ``headline``; nothing outside learners/ knows which learner runs.
 """
 
