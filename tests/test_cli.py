@@ -76,6 +76,9 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
         (["train", "--set", "learner.executor=gpu"], "allowed: vmap, loop"),
         (["train", "--set", "iterations=5"], "expected section.key"),
         (["train", "--set", "learner.name=nope"], "unknown learner 'nope'"),
+        (["train", "--preset", "omniglot-quick", "--set", "task.ways=1"], "task.ways=1: a 1-way task has only one answer"),
+        (["train", "--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
+        (["train", "--set", "learner.inner_lr=inf"], "learner.inner_lr must be a finite number, got inf"),
     ],
 )
 def test_bad_config_input_is_one_line_with_status_2(capsys, tmp_path, argv, needle):

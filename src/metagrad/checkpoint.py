@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,11 +13,21 @@ from .io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+#: what metagrad train writes into every checkpoint
+REQUIRED_KEYS = ("iteration", "config", "learner", "optimizer", "scheduler", "task_spec")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
-    atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp))
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically; if the
+    write fails (a full disk), CheckpointError, and the file already at ``path`` is untouched."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+        why = "the disk is full" if free is not None and free < 64 * 2**20 else _first_line(e)
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was saved"
+        raise CheckpointError(f"could not write {path}: {why}; {kept}") from None
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -34,8 +46,28 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or hostile file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable metagrad checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "config" not in state:
+        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
+            raise CheckpointError(f"refused {path}: it holds Python objects that could run code when loaded; "
+                                  "metagrad loads only tensors and plain data (this is not a checkpoint "
+                                  "written by metagrad train, or it was altered)") from None
+        raise CheckpointError(f"{path} is not a readable metagrad checkpoint ({_first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a metagrad checkpoint (format {FORMAT_VERSION} expected)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(map(repr, missing))} "
+                              "(every checkpoint written by metagrad train has them)")
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: Path, what: str = "the configured model") -> None:
+    """``module.load_state_dict(weights)``; CheckpointError (one line) if they do not fit."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"the weights in {path} do not fit {what}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

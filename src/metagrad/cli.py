@@ -35,14 +35,14 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .checkpoint import CHECKPOINT_NAME
     from .config import apply_overrides, load_config, resolve
-    from .train import StopNow, train
+    from .train import StopNow, saved_config, train
 
     out = Path(args.out) if args.out else None
-    if out is not None and (out / CHECKPOINT_NAME).exists() and args.preset is None:
-        # resume: the run's own config, plus any --set overrides
-        cfg = resolve(apply_overrides(load_checkpoint(out)["config"], _overrides(args)))
+    saved = saved_config(out) if out is not None and args.preset is None else None
+    if saved is not None:  # resume: the run's own config, plus any --set overrides
+        cfg = resolve(apply_overrides(saved, _overrides(args)))
     else:
         sets = _overrides(args)
         if args.data:
@@ -122,6 +122,8 @@ def cmd_adapt(args) -> int:
     from .tasks.images import as_float
     from .train import load_run
 
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        raise MetagradError(f"--out {args.out}: expected a file name ending in .csv or .json")
     cfg, learner, state = load_run(args.checkpoint)
     spec = TaskSpec(**state["task_spec"])
     if spec.kind != "classification" or len(spec.input_shape) != 3:
@@ -258,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MetagradError as e:
         print(f"metagrad: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the user named cannot be read or written (permissions, full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"metagrad: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -19,3 +19,7 @@ class CheckpointError(MetagradError):
 
 class DivergedError(MetagradError):
     """Training produced a non-finite loss or weights; nothing non-finite was saved."""
+
+
+class RunDirError(MetagradError):
+    """A run directory that cannot be written, or that another run is using."""

@@ -16,14 +16,14 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .build import build_learner, build_task
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, TrainConfig, resolve
 from .distributed import DistContext, all_reduce_sum, broadcast_object, process_group
 from .errors import ConfigError, DivergedError, MetagradError
@@ -31,6 +31,7 @@ from .evaluate import Estimate, evaluate
 from .io import atomic_write_text
 from .learners.base import MetaLearner
 from .logger import MetricLogger
+from .rundir import locked
 from .step import MetaStep
 from .tasks.batch import TaskBatch, TaskSpec
 
@@ -142,8 +143,8 @@ def _check_resume_config(cfg: Config, saved: dict) -> None:
     for section in ("task", "model", "learner", "train"):
         if new[section] != old.get(section):
             raise ConfigError(
-                f"the run directory holds a run with a different {section} config; "
-                "resume it without --preset/--set (only train.iterations may change), or choose another --out"
+                f"the run directory holds a run with a different {section} config; resume it without "
+                f"--preset/--set (only train.{', train.'.join(RESUMABLE_CHANGES)} may change), or choose another --out"
             )
 
 
@@ -162,18 +163,36 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
     writes ``run_dir`` and sends the run's config and checkpoint to the other ranks.
     Returns the report: final test-set estimates per evaluation key, timing and paths.
     """
-    with process_group(resolve_device(cfg.train.device)) as (ctx, device):
-        return _train(cfg, Path(run_dir), ctx, device, progress, log)
+    with process_group(resolve_device(cfg.train.device)) as (ctx, device), ExitStack() as hold:
+        return _train(cfg, Path(run_dir), ctx, device, progress, log, hold)
 
 
-def _resume_state(cfg: Config, ckpt_path: Path, ctx: DistContext) -> tuple[Config, dict | None]:
-    """(config, checkpoint or None) as rank 0 sees them, on every rank; rank 0's error on every rank."""
+def saved_config(run_dir: Path) -> dict | None:
+    """The raw config of the run in ``run_dir``: its checkpoint's, or, for a run stopped before
+    its first checkpoint, its config.json's; None for a new directory."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        return load_checkpoint(run_dir)["config"]
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'} is not a readable config ({e}); choose another --out") from None
+
+
+def _resume_state(cfg: Config, run_dir: Path, ctx: DistContext, hold: ExitStack) -> tuple[Config, dict | None]:
+    """Lock ``run_dir`` on rank 0 (held by ``hold``) and check that ``cfg`` is its run's config.
+    Returns (config, checkpoint or None) as rank 0 sees them on every rank; rank 0's error on
+    every rank."""
     shared = None
     if ctx.is_main:
         try:
+            hold.enter_context(locked(run_dir))
+            ckpt_path = run_dir / CHECKPOINT_NAME
             state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-            if state is not None:
-                _check_resume_config(cfg, state["config"])
+            saved = state["config"] if state is not None else saved_config(run_dir)
+            if saved is not None:
+                _check_resume_config(cfg, saved)
             shared = (cfg.to_dict(), state)
         except MetagradError as e:
             shared = e
@@ -184,9 +203,10 @@ def _resume_state(cfg: Config, ckpt_path: Path, ctx: DistContext) -> tuple[Confi
     return (cfg if ctx.is_main else resolve(raw)), state
 
 
-def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, progress: bool, log) -> dict:
+def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, progress: bool, log,
+           hold: ExitStack) -> dict:
     ckpt_path = run_dir / CHECKPOINT_NAME
-    cfg, state = _resume_state(cfg, ckpt_path, ctx)
+    cfg, state = _resume_state(cfg, run_dir, ctx, hold)
     tc = cfg.train
     dtype = getattr(torch, tc.dtype)
     if tc.meta_batch < ctx.world:
@@ -197,13 +217,17 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
     start, seconds_before = 0, 0.0  # seconds_before: training time of earlier segments of a resumed run
     if state is not None:
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_weights(learner, state["learner"], ckpt_path)
+        load_weights(optimizer, state["optimizer"], ckpt_path, "the optimizer")
+        load_weights(scheduler, state["scheduler"], ckpt_path, "the learning-rate schedule")
         start = int(state["iteration"])
         seconds_before = float(state.get("train_seconds", 0.0))
         if ctx.is_main:
             log(f"resuming {run_dir} from iteration {start}")
+            if state.get("world_size", 1) != ctx.world:
+                log(f"warning: this run was trained with {state.get('world_size', 1)} processes and resumes with "
+                    f"{ctx.world}: it continues correctly, but from iteration {start} on it draws other tasks than "
+                    "an uninterrupted run would (not bit-identical)")
     step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile,
                     log=log if ctx.is_main else (lambda message: None))
 
@@ -222,6 +246,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "task_spec": TaskSpec.of(train_tasks).to_dict(),
+                    "world_size": ctx.world,
                     "train_seconds": seconds_before + time.time() - t0,
                 },
             )
@@ -234,13 +259,13 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
 
     logger = None
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
         logger = MetricLogger(run_dir, start)
     local = ctx.local_tasks(tc.meta_batch)
     t0 = time.time()
     bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
+    logged = start  # the iteration of the last train log row (a resume starts a shorter window)
     try:
         with stop_at_iteration_end(log if ctx.is_main else (lambda message: None)) as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
@@ -256,7 +281,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     running[k] = running.get(k, 0.0) + v
                 bar.update(1)
                 if done % tc.log_every == 0 or done == tc.iterations:
-                    n = tc.log_every if done % tc.log_every == 0 else done % tc.log_every
+                    n, logged = done - logged, done
                     keys = sorted(running)
                     # mean over iterations and over the whole meta-batch (ranks weighted by their tasks)
                     sums = all_reduce_sum(torch.stack([running[k] for k in keys]) * (local / tc.meta_batch), ctx)
@@ -316,10 +341,5 @@ def load_run(path: Path, overrides: list[str] = (), map_location="cpu") -> tuple
     state = load_checkpoint(path, map_location=map_location)
     cfg = resolve(apply_overrides(state["config"], list(overrides)))
     learner = build_learner(cfg, TaskSpec(**state["task_spec"]))
-    try:
-        learner.load_state_dict(state["learner"])
-    except RuntimeError as e:
-        from .errors import CheckpointError
-
-        raise CheckpointError(f"checkpoint weights do not fit the configured model: {str(e).splitlines()[0]}") from None
+    load_weights(learner, state["learner"], find_checkpoint(path))
     return cfg, learner, state

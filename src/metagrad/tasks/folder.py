@@ -45,6 +45,7 @@ class FolderConfig(EpisodeConfig):
     test_fraction: float = nonnegative(0.2)  # share of the classes held out for "test"
 
     def validate(self):
+        super().validate()
         if not self.path:
             raise ConfigError("task.path is empty; set it to a folder holding one sub-folder of images per class")
         if self.val_fraction + self.test_fraction >= 1:

@@ -76,6 +76,11 @@ class EpisodeConfig(HParams):
     eval_shots: int = nonnegative(0)
     eval_queries: int = nonnegative(0)
 
+    def validate(self) -> None:
+        for key in ("ways", "eval_ways"):
+            if getattr(self, key) == 1:
+                raise ConfigError(f"task.{key}=1: a 1-way task has only one answer (accuracy is always 100%); use 2 or more")
+
 
 def episode_shape(cfg: EpisodeConfig, split: str) -> tuple[int, int, int]:
     """(ways, shots, queries) of ``split``: val/test take ``cfg.eval_ways/eval_shots/eval_queries``

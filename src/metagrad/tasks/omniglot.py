@@ -85,6 +85,7 @@ class OmniglotConfig(EpisodeConfig):
     evaluation_archives: list[str] = field(default_factory=lambda: ["images_evaluation.zip"])
 
     def validate(self):
+        super().validate()
         for prefix in ("", "eval_"):
             shots, queries = getattr(self, prefix + "shots") or self.shots, getattr(self, prefix + "queries") or self.queries
             if shots + queries > DRAWINGS:
