@@ -304,3 +304,36 @@ def test_sigint_inside_the_optimizer_step_saves_the_whole_step(tmp_path, monkeyp
     for k in ref["learner"]:
         assert torch.equal(saved["learner"][k], ref["learner"][k]), k
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again
+
+
+def test_help_and_presets_start_without_importing_torch():
+    """Start-up cost (docs/performance.md): the commands that need no tensors import no torch."""
+    probe = ("import sys\nfrom metagrad.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "main(['presets'])\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+             "import metagrad\nassert metagrad.MAML.__name__ == 'MAML' and 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "maml-sine" in done.stdout
+
+
+def test_without_tensorboard_a_run_says_so_once_and_still_logs(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    said = []
+    logger = MetricLogger(tmp_path, log=said.append)
+    logger.log(1, "train", {"loss": 0.5})
+    logger.close()
+    assert len(said) == 1 and "pip install 'metagrad[tensorboard]'" in said[0]
+    assert read_metrics(tmp_path) == [{"iteration": 1, "split": "train", "loss": 0.5}]
+    assert not (tmp_path / "tb").exists()
+
+
+def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--set", "train.iterations=40",
+                           "--set", "train.log_every=10", "--set", "train.eval_every=20", "--set", "train.test_tasks=10",
+                           "--set", "train.eval_tasks=10")
+    assert code == 0, err
+    rows = [line for line in err.splitlines() if line.startswith("  iteration ")]
+    assert [r.split(":")[0] for r in rows] == ["  iteration 10/40", "  iteration 20/40", "  iteration 20",
+                                               "  iteration 30/40", "  iteration 40/40", "  iteration 40"]
+    assert "validation 10 steps: mse" in rows[2] and "\r" not in err
+    assert "mse" not in rows[0]  # a regression's mse is its loss: shown once

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metagrad.checkpoint import load_checkpoint
-from metagrad.evaluate import evaluate
+from metagrad.evaluation import evaluate
 from metagrad.tasks import Sinusoid
 from metagrad.step import MetaStep
 
@@ -38,7 +38,7 @@ WORKER = """
 import os, sys
 import torch
 from metagrad.distributed import DistContext, process_group
-from metagrad.evaluate import evaluate
+from metagrad.evaluation import evaluate
 from metagrad.tasks import Sinusoid
 from metagrad.step import MetaStep
 

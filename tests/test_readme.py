@@ -12,6 +12,9 @@ def test_readme_example_runs_as_written():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
-    mse = {line.rsplit(" ", 3)[0]: float(line.rsplit(" ", 3)[1]) for line in out.getvalue().splitlines()}
+    lines = out.getvalue().splitlines()
+    progress = [line for line in lines if line.startswith("step ")]
+    assert len(progress) == 4  # the loop shows progress while it runs
+    mse = {line.rsplit(" ", 3)[0]: float(line.rsplit(" ", 3)[1]) for line in lines if not line.startswith("step ")}
     assert set(mse) == {"0 steps", "1 step"} | {f"{k} steps" for k in range(2, 11)}
     assert mse["1 step"] < 0.5 * mse["0 steps"]

@@ -1,23 +1,33 @@
-"""metagrad: meta-learning in PyTorch — exact, vectorised, reproducible."""
+"""metagrad: meta-learning in PyTorch — exact, vectorised, reproducible.
 
-from . import learners, models, tasks  # noqa: F401  (registers every component)
-from .build import build_learner, build_task
-from .config import Config, load_config
-from .evaluate import evaluate
-from .learners import MAML, MAMLConfig, MetaLearner
-from .tasks import Sinusoid, TaskBatch
+The public names below are imported on first use, so that ``metagrad --help`` and
+``metagrad presets`` start without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "load_config",
-    "build_learner",
-    "build_task",
-    "evaluate",
-    "MAML",
-    "MAMLConfig",
-    "MetaLearner",
-    "Sinusoid",
-    "TaskBatch",
-]
+#: public name -> the module that defines it
+_API = {
+    "Config": "config",
+    "load_config": "config",
+    "build_learner": "build",
+    "build_task": "build",
+    "evaluate": "evaluation",
+    "MAML": "learners",
+    "MAMLConfig": "learners",
+    "MetaLearner": "learners",
+    "Sinusoid": "tasks",
+    "TaskBatch": "tasks",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'metagrad' has no attribute {name!r}")

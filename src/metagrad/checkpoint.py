@@ -13,8 +13,10 @@ from .io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
-#: what metagrad train writes into every checkpoint
-REQUIRED_KEYS = ("iteration", "config", "learner", "optimizer", "scheduler", "task_spec")
+#: what metagrad train writes into every checkpoint, and a resume needs
+TRAINING_KEYS = ("iteration", "config", "learner", "optimizer", "scheduler", "task_spec")
+#: what a trained model needs (eval, adapt, plot)
+MODEL_KEYS = ("config", "learner", "task_spec")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -40,8 +42,9 @@ def find_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load with ``torch.load(weights_only=True)``: tensors and plain containers only, no code."""
+def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("config",)) -> dict:
+    """Load with ``torch.load(weights_only=True)``: tensors and plain containers only, no code;
+    CheckpointError (one line) if a key of ``require`` is missing."""
     path = find_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -53,7 +56,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a readable metagrad checkpoint ({_first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a metagrad checkpoint (format {FORMAT_VERSION} expected)")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in require if k not in state]
     if missing:
         raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(map(repr, missing))} "
                               "(every checkpoint written by metagrad train has them)")

@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .build import build_task
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .train import TEST_SEED, load_run, resolve_device
 
     cfg, learner, state = load_run(args.run, _overrides(args))

@@ -1,4 +1,4 @@
-"""Run logs: metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tb/)."""
+"""Run logs: metrics as JSON lines (metrics.jsonl) and, when tensorboard is installed, TensorBoard event files (tb/)."""
 
 from __future__ import annotations
 
@@ -26,16 +26,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 class MetricLogger:
     """Appends ``{"iteration", "split", ...values}`` rows; on resume drops rows past ``start``."""
 
-    def __init__(self, run_dir: Path, start: int = 0, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, start: int = 0, tensorboard: bool = True, log=print):
         self.path = Path(run_dir) / METRICS_NAME
         kept = [r for r in read_metrics(run_dir) if r["iteration"] <= start]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start if start else None)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an extra: pip install 'metagrad[tensorboard]'
+                log("  TensorBoard logs: off (pip install 'metagrad[tensorboard]' to write tb/); "
+                    f"every value is in {METRICS_NAME}")
+            else:
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start if start else None)
 
     def log(self, iteration: int, split: str, values: dict[str, float]) -> None:
         self.file.write(json.dumps({"iteration": iteration, "split": split, **values}) + "\n")

@@ -1,6 +1,7 @@
 """Name -> (factory, hyper-parameter dataclass) tables for tasks, models and learners.
 
 A component registers itself with a decorator in its own module; configs refer to it by name.
+The component packages are imported when a table is first read, not before (start-up time).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Entry:
+        _import_components()
         if name not in self._entries:
             raise ConfigError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._entries))}"
@@ -40,7 +42,13 @@ class Registry:
         return self._entries[name]
 
     def names(self) -> list[str]:
+        _import_components()
         return sorted(self._entries)
+
+
+def _import_components() -> None:
+    """Import the packages whose modules register every shipped component."""
+    from . import learners, models, tasks  # noqa: F401
 
 
 TASKS = Registry("task")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -23,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from .build import build_learner, build_task
-from .checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, MODEL_KEYS, TRAINING_KEYS, find_checkpoint, load_checkpoint, load_weights,
+                         save_checkpoint)
 from .config import Config, TrainConfig, resolve
 from .distributed import DistContext, all_reduce_sum, broadcast_object, process_group
 from .errors import ConfigError, DivergedError, MetagradError
-from .evaluate import Estimate, evaluate
+from .evaluation import Estimate, evaluate
 from .io import atomic_write_text
 from .learners.base import MetaLearner
 from .logger import MetricLogger
@@ -189,7 +191,7 @@ def _resume_state(cfg: Config, run_dir: Path, ctx: DistContext, hold: ExitStack)
         try:
             hold.enter_context(locked(run_dir))
             ckpt_path = run_dir / CHECKPOINT_NAME
-            state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+            state = load_checkpoint(ckpt_path, require=TRAINING_KEYS) if ckpt_path.exists() else None
             saved = state["config"] if state is not None else saved_config(run_dir)
             if saved is not None:
                 _check_resume_config(cfg, saved)
@@ -255,15 +257,22 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype, ctx)
         if ctx.is_main:
             logger.log(iteration, "val", {k.replace(" ", "_"): e.mean for k, e in est.items()})
+            if progress:
+                say(f"  iteration {iteration}: validation {learner.headline}: {est[learner.headline].metric} "
+                    f"{est[learner.headline]}")
         return est
 
     logger = None
     if ctx.is_main:
         cfg.save(run_dir / "config.json")
-        logger = MetricLogger(run_dir, start)
+        logger = MetricLogger(run_dir, start, log=log)
     local = ctx.local_tasks(tc.meta_batch)
     t0 = time.time()
-    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main), unit="it", dynamic_ncols=True)
+    # a bar on a terminal; elsewhere (a log file, a pipe) one line per log interval
+    on_terminal = sys.stderr.isatty()
+    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and ctx.is_main and on_terminal),
+               unit="it", dynamic_ncols=True)
+    say = (lambda text: bar.write(text, file=sys.stderr)) if not bar.disable else log
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
     logged = start  # the iteration of the last train log row (a resume starts a shorter window)
     try:
@@ -290,7 +299,12 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     require_finite(learner, values, done, saved_at[0], ckpt_path)
                     if ctx.is_main:
                         logger.log(done, "train", {**values, "lr": scheduler.get_last_lr()[0]})
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
+                        shown = {k: f"{v:.3g}" for k, v in values.items() if k == "loss" or v != values.get("loss")}
+                        bar.set_postfix(shown)  # (a regression's mse is its loss: shown once)
+                        if progress and bar.disable:
+                            rate = (done - start) / step_seconds if step_seconds else 0.0
+                            say(f"  iteration {done}/{tc.iterations}: " + ", ".join(f"{k} {v}" for k, v in shown.items())
+                                + f" ({rate:.3g} it/s)")
                 if tc.eval_every and done % tc.eval_every == 0 and done < tc.iterations:
                     validate(done)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
@@ -338,7 +352,7 @@ def load_run(path: Path, overrides: list[str] = (), map_location="cpu") -> tuple
     """A run directory or checkpoint file -> (config, learner with trained weights, raw state)."""
     from .config import apply_overrides
 
-    state = load_checkpoint(path, map_location=map_location)
+    state = load_checkpoint(path, map_location=map_location, require=MODEL_KEYS)
     cfg = resolve(apply_overrides(state["config"], list(overrides)))
     learner = build_learner(cfg, TaskSpec(**state["task_spec"]))
     load_weights(learner, state["learner"], find_checkpoint(path))
