@@ -337,3 +337,16 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
                                                "  iteration 30/40", "  iteration 40/40", "  iteration 40"]
     assert "validation 10 steps: mse" in rows[2] and "\r" not in err
     assert "mse" not in rows[0]  # a regression's mse is its loss: shown once
+
+
+def test_plot_redraws_a_run_and_takes_overrides(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(out_dir), *FAST)[0] == 0
+    for name in ("training_curve.png", "sine_fit.png"):
+        (out_dir / name).unlink()
+    code, out, err = run_cli(capsys, "plot", str(out_dir), "--set", "learner.eval_steps=3")
+    assert code == 0, err
+    for name in ("training_curve.png", "sine_fit.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in out
+    code, _, err = run_cli(capsys, "plot", str(out_dir), "--set", "learner.eval_steps=-1")
+    assert code == 2 and "learner.eval_steps must be >= 0" in err

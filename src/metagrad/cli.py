@@ -189,7 +189,7 @@ def cmd_plot(args) -> int:
     from .plots import make_run_plots
     from .train import load_run
 
-    cfg, learner, _ = load_run(args.run)
+    cfg, learner, _ = load_run(args.run, _overrides(args))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     for p in make_run_plots(run_dir, learner, build_task(cfg, "test")):
         print(p)
@@ -240,11 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="(re)draw a run's PNG figures")
     p.add_argument("run", help="run directory")
+    p.add_argument("--data-dir", help="dataset directory, if it moved since training")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set learner.eval_steps=5")
     p.set_defaults(func=cmd_plot)
 
     from .bench import add_arguments
 
-    p = sub.add_parser("bench", help="meta-iterations per second and peak memory of MAML (docs/performance.md)")
+    p = sub.add_parser("bench", help="meta-iterations per second and peak memory of MAML (docs/performance.md)",
+                       description="Time MAML's meta-step (one training iteration on a synthetic batch) per "
+                                   "configuration: iterations per second and peak memory, eager and compiled, "
+                                   "on the CPU or a GPU (docs/performance.md).")
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -112,7 +112,7 @@ def load_class_folders(
         found = image_files(d)
         if len(found) < min_images:
             raise DataError(
-                f"class folder {d} has {len(found)} images, fewer than {need or min_images}; "
+                f"class folder {d} has {len(found)} image{'' if len(found) == 1 else 's'}, fewer than {need or min_images}; "
                 f"image files end in {', '.join(IMAGE_EXTENSIONS)}"
             )
         files += found

@@ -120,7 +120,8 @@ class EpisodeSampler:
         if len(short):
             c = int(short[0])
             raise DataError(
-                f"class {dataset.class_names[c]!r} of {name} has {int(counts[c])} images, fewer than "
+                f"class {dataset.class_names[c]!r} of {name} has {int(counts[c])} image{'' if int(counts[c]) == 1 else 's'}, "
+                f"fewer than "
                 f"task.shots + task.queries = {shots} + {queries}; {len(short)} class(es) are that small"
             )
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
