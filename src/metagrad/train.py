@@ -170,14 +170,14 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
 
 
 def saved_config(run_dir: Path) -> dict | None:
-    """The raw config of the run in ``run_dir``: its checkpoint's, or, for a run stopped before
-    its first checkpoint, its config.json's; None for a new directory."""
-    if (run_dir / CHECKPOINT_NAME).exists():
-        return load_checkpoint(run_dir)["config"]
+    """The raw config of the run in ``run_dir``: its config.json (written when each segment
+    starts, after the resume check), else its checkpoint's; None for a new directory. Reading
+    config.json first spares the CLI a second load of a large checkpoint; the training loop
+    still checks the config against the checkpoint's."""
     try:
         return json.loads((run_dir / "config.json").read_text())
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return load_checkpoint(run_dir)["config"] if (run_dir / CHECKPOINT_NAME).exists() else None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{run_dir / 'config.json'} is not a readable config ({e}); choose another --out") from None
 
