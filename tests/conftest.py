@@ -13,9 +13,26 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_finish(session):
+    """Obtain the Omniglot files once, before any test runs, if a collected test needs them;
+    without them (no copy, no network) stop with one line instead of an error per test."""
+    if session.config.option.collectonly or not any("shared_data" in item.fixturenames for item in session.items):
+        return
+    from omniglot_data import provide
+
+    from metagrad.errors import DataError
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        session.config.stash[DATA] = provide(lambda text: reporter.write_line(text))
+    except DataError as e:
+        pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+DATA = pytest.StashKey[Path]()
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real datasets of ../shared/data (METAGRAD_TEST_DATA overrides). Missing data fails."""
-    path = Path(os.environ.get("METAGRAD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    assert (path / "omniglot").is_dir(), f"test data not found at {path}; set METAGRAD_TEST_DATA"
-    return path
+def shared_data(pytestconfig) -> Path:
+    """The folder holding omniglot/ with the real archives (see omniglot_data.py)."""
+    return pytestconfig.stash[DATA]

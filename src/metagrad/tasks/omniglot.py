@@ -9,11 +9,13 @@ are common): they are checked structurally instead (``<top>/<alphabet>/<characte
 20 images of 105x105 per character). PNGs are read straight from the zip; no entry is ever
 extracted, and entry names that would point outside the archive's folder are refused.
 
-Each archive is preprocessed once into ``<cache_dir>/<archive stem>.<size>px.pt`` (cache_dir
-defaults to the archive's folder): every drawing converted to grayscale, resized to
+Each archive is preprocessed once into ``<cache_dir>/<archive stem>.<size>px.pt``: every drawing converted to grayscale, resized to
 ``image_size`` with Pillow's LANCZOS filter (as the MAML reference code), inverted so strokes
 are bright (ink = 255, background = 0), stored as uint8 [characters, 20, size, size]. The cache
 records the archive's size and modification time, so a replaced archive is preprocessed again.
+``cache_dir`` defaults to the archive's folder when that is writable, else (a shared, read-only
+dataset folder) to a folder per archive folder under the user cache
+(``$XDG_CACHE_HOME/metagrad/preprocessed``, else ``~/.cache/metagrad/preprocessed``).
 
 Splits (every split's classes are characters, times four rotations when ``rotate``):
 
@@ -38,9 +40,9 @@ import http.client
 import io
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -78,7 +80,7 @@ class OmniglotConfig(EpisodeConfig):
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
     image_size: int = positive(28)
     data_dir: str | None = None  # archives in <data_dir>/omniglot/; None: $METAGRAD_DATA or ~/.cache/metagrad
-    cache_dir: str | None = None  # preprocessed tensors; None: beside the archives
+    cache_dir: str | None = None  # preprocessed tensors; None: beside the archives, or the user cache if read-only
     download: bool = True  # fetch missing canonical archives
     # archive files (relative to <data_dir>/omniglot/, or absolute) pooled into each set
     background_archives: list[str] = field(default_factory=lambda: ["images_background.zip"])
@@ -216,12 +218,23 @@ def read_archive(path: Path, image_size: int) -> tuple[list[str], torch.Tensor]:
     return names, torch.from_numpy(out)
 
 
+def default_cache_dir(archive: Path) -> Path:
+    """Where ``archive``'s preprocessed tensors go by default: beside it if that folder is
+    writable, else ``<user cache>/metagrad/preprocessed/<hash of the archive's folder>``."""
+    folder = archive.parent
+    if os.access(folder, os.W_OK):
+        return folder
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return user_cache / "metagrad" / "preprocessed" / digest
+
+
 def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> tuple[list[str], torch.Tensor]:
     """:func:`read_archive` through the preprocessing cache (rebuilt when the archive changes)."""
     st = path.stat()
     key = {"format": CACHE_FORMAT, "archive_size": st.st_size, "archive_mtime_ns": st.st_mtime_ns,
            "image_size": image_size, "filter": "lanczos"}
-    cache = (cache_dir or path.parent) / f"{path.stem}.{image_size}px.pt"
+    cache = (cache_dir or default_cache_dir(path)) / f"{path.stem}.{image_size}px.pt"
     if cache.is_file():
         try:
             data = torch.load(cache, weights_only=True)
@@ -232,8 +245,9 @@ def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> 
     names, images = read_archive(path, image_size)
     try:
         atomic_write(cache, lambda tmp: torch.save({"key": key, "characters": names, "images": images}, tmp))
-    except OSError as e:
-        warnings.warn(f"could not write the Omniglot cache {cache} ({e}); set task.cache_dir to a writable folder")
+    except OSError as e:  # one line, not a warning with its source: the data is still usable
+        print(f"warning: could not write the Omniglot cache {cache} ({e.strerror or e}); every run will "
+              "preprocess the archive again; set task.cache_dir to a writable folder", file=sys.stderr)
     return names, images
 
 
