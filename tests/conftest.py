@@ -36,3 +36,9 @@ DATA = pytest.StashKey[Path]()
 def shared_data(pytestconfig) -> Path:
     """The folder holding omniglot/ with the real archives (see omniglot_data.py)."""
     return pytestconfig.stash[DATA]
+
+
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory) -> Path:
+    """One preprocessing cache for the small archives (small_omniglot.py), shared by the session."""
+    return tmp_path_factory.mktemp("omniglot-small-cache")

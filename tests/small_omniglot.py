@@ -9,14 +9,6 @@ use the final validation score).
 import json
 from pathlib import Path
 
-import pytest
-
-
-@pytest.fixture(scope="session")
-def omniglot_cache(tmp_path_factory) -> Path:
-    """One preprocessing cache for the small archives, shared by the session."""
-    return tmp_path_factory.mktemp("omniglot-small-cache")
-
 
 def SMALL_SETS(shared_data: Path, cache: Path) -> list[str]:  # noqa: N802 - a constant-like recipe
     """--set overrides that point an Omniglot preset at the small archives."""

@@ -14,6 +14,7 @@ from metagrad.checkpoint import load_checkpoint
 from metagrad.evaluation import evaluate
 from metagrad.tasks import Sinusoid
 from metagrad.step import MetaStep
+from helpers import flat, rel
 
 DEVICE = torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))
 TASKS = 7  # split 4 + 3 over two ranks: the weighting of uneven shares is part of the test
@@ -61,14 +62,6 @@ def torchrun(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
-
-
-def flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (torch.linalg.norm(a - b) / torch.linalg.norm(b)).item()
 
 
 def test_two_ranks_take_the_step_of_one_process_with_the_whole_meta_batch(tmp_path):

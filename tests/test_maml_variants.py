@@ -13,15 +13,12 @@ from metagrad.learners.maml import MAMLConfig
 from metagrad.learners.metasgd import MetaSGD
 from metagrad.train import train
 
-from test_maml_math import ALPHA, flat_losses, maml, meta_grad, sine_batch, tiny_model
+from helpers import flat, sine_batch, tiny_model
+from test_maml_math import ALPHA, flat_losses, maml, meta_grad
 
 
 def config(steps=1, first_order=False):
     return MAMLConfig(inner_lr=ALPHA, inner_steps=steps, first_order=first_order, executor="vmap")
-
-
-def flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def per_task_terms(loss, theta, batch, step):

@@ -9,20 +9,13 @@ import torch
 from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.learners.mamlpp import MAMLPlusPlus, MAMLPPConfig, msl_weights
 from metagrad.models.conv4 import Conv4, Conv4Config
-from metagrad.tasks import TaskBatch
+from helpers import image_batch
 from test_learning import sine_adaptation
 
 
 def tiny_conv(seed=0) -> Conv4:
     torch.manual_seed(seed)
     return Conv4(Conv4Config(channels=3, blocks=2, downsample="stride"), 1, 3).double()
-
-
-def image_batch(tasks=2, ways=3, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(ways).expand(tasks, -1).contiguous()
-    x = lambda: torch.rand(tasks, ways, 1, 8, 8, generator=g, dtype=torch.float64)  # noqa: E731
-    return TaskBatch(x(), y, x(), y.clone())
 
 
 def test_msl_weights_follow_the_reference_schedule():
@@ -38,7 +31,7 @@ def test_msl_weights_follow_the_reference_schedule():
 
 
 def test_with_its_additions_off_it_is_maml():
-    batch = image_batch()
+    batch = image_batch(tasks=2, shots=1)
     hp = dict(inner_lr=0.3, inner_steps=2, eval_steps=3, executor="vmap")
     pp = MAMLPlusPlus(MAMLPPConfig(**hp, per_step_norm=False, multi_step_loss=False), tiny_conv(), "classification")
     ref = MAML(MAMLConfig(**hp), tiny_conv(), "classification")
@@ -73,7 +66,7 @@ def test_meta_gradient_matches_finite_differences(epoch):
     with torch.no_grad():  # distinct per-step values, so that a mixed-up step index shows
         for p in list(learner.step_sizes.values()) + list(learner.norm_steps.values()):
             p.add_(0.05 * torch.randn_like(p))
-    batch = image_batch()
+    batch = image_batch(tasks=2, shots=1)
     learner.zero_grad()
     learner.accumulate_meta_grad(batch)
     checks = [
@@ -102,7 +95,7 @@ def test_norm_parameters_are_per_step_and_not_adapted():
             p.zero_()
         for p in learner.norm_steps.values():
             p.copy_(torch.rand_like(p) + 0.5)
-    batch = image_batch()
+    batch = image_batch(tasks=2, shots=1)
     preds = learner.eval_predictions(batch)
     norm = learner.norm_steps
     for k, copy in ((0, None), (1, None), (2, 0), (3, 1), (4, 1)):  # beyond inner_steps: the last step's

@@ -15,9 +15,11 @@ from metagrad.learners.matching import MatchingConfig, MatchingNet
 from metagrad.learners.protonet import ProtoNet
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.tasks import TaskBatch
-from metagrad.train import train
+from metagrad.build import build_task
+from metagrad.evaluation import evaluate
+from metagrad.train import TEST_SEED, load_run, train
 
-from small_omniglot import SMALL_SETS, last_val, omniglot_cache  # noqa: F401
+from small_omniglot import SMALL_SETS, last_val
 
 
 def conv_net(seed=0) -> nn.Module:
@@ -152,7 +154,11 @@ def test_cli_train_and_eval(preset, tmp_path, shared_data, omniglot_cache, capsy
     assert "adapted" in capsys.readouterr().out
     assert main(["eval", str(out), "--episodes", "4", "--json", "--set", "task.ways=3"]) == 0  # any way count
     result = json.loads(capsys.readouterr().out)
-    assert result["metric"] == "accuracy" and result["episodes"] == 4 and 0 <= result["mean"] <= 1
+    assert result["metric"] == "accuracy" and result["episodes"] == 4
+    # the same 3-way evaluation done here, from the checkpoint, with the test seed
+    cfg, learner, _ = load_run(out, ["task.ways=3"])
+    est = evaluate(learner, build_task(cfg, "test"), 4, TEST_SEED, cfg.train.eval_batch, torch.device("cpu"), torch.float32)
+    assert cfg.task.hp.ways == 3 and result["mean"] == pytest.approx(est[learner.headline].mean, abs=1e-6)
 
 
 def test_a_protonet_run_evaluates_as_knn_on_its_embedding(tmp_path, shared_data, omniglot_cache, capsys):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from small_omniglot import SMALL_SETS, last_val, omniglot_cache  # noqa: F401
+from small_omniglot import SMALL_SETS, last_val
 
 from metagrad.cli import main
 from metagrad.config import load_config
@@ -196,7 +196,7 @@ LEARN = [
 
 
 @pytest.mark.parametrize("preset,extra,key,threshold", LEARN, ids=[p for p, *_ in LEARN])
-def test_learns_omniglot(preset, extra, key, threshold, tmp_path, shared_data, omniglot_cache):  # noqa: F811
+def test_learns_omniglot(preset, extra, key, threshold, tmp_path, shared_data, omniglot_cache):
     sets = ["train.eval_every=0", "train.eval_tasks=200", "train.test_tasks=10", "train.log_every=50"]
     cfg = load_config(preset, [*SMALL_SETS(shared_data, omniglot_cache), *sets, *extra])
     train(cfg, tmp_path / "run", progress=False)
@@ -204,7 +204,7 @@ def test_learns_omniglot(preset, extra, key, threshold, tmp_path, shared_data, o
 
 
 @pytest.mark.parametrize("preset", ["mann-quick", "snail-quick", "metanet-quick"])
-def test_cli_train_then_eval(preset, tmp_path, shared_data, omniglot_cache, capsys):  # noqa: F811
+def test_cli_train_then_eval(preset, tmp_path, shared_data, omniglot_cache, capsys):
     out = tmp_path / "run"
     sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=3", "train.eval_every=0", "train.eval_tasks=4",
             "train.test_tasks=10", "train.eval_batch=5", "train.checkpoint_every=3"]

@@ -65,9 +65,10 @@ def test_adapt_predicts_a_users_query_folder(trained_run, shared_data, tmp_path,
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 15 and {r["true"] for r in rows} == {f"char{c}" for c in range(5)}
-    assert all(0.2 <= float(r["probability"]) <= 1 for r in rows)
     accuracy = sum(r["predicted"] == r["true"] for r in rows) / len(rows)
-    assert accuracy > 0.4, rows  # 5-way: chance is 20%
+    confidence = sum(float(r["probability"]) for r in rows) / len(rows)
+    # 5-way, chance 20%: this run gets 14/15 at mean probability 0.76; after 1 iteration 8/15 at 0.44
+    assert accuracy >= 0.8 and confidence > 0.6, rows
     assert f"{100 * accuracy:.1f}%" in printed
     assert sheet.read_bytes()[:4] == b"\x89PNG"
     code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--out", str(tmp_path / "p.json")])

@@ -12,29 +12,10 @@ from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.learners.reptile import Reptile, ReptileConfig, minibatch_indices
 from metagrad.models.conv4 import Conv4, Conv4Config
-from metagrad.tasks import Sinusoid, TaskBatch
 from metagrad.train import train
 
-from small_omniglot import SMALL_SETS, last_val, omniglot_cache  # noqa: F401
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-
-
-def sine_batch(n_tasks=3, shots=6, queries=4, seed=0) -> TaskBatch:
-    from metagrad.tasks.sinusoid import SinusoidConfig
-
-    return Sinusoid(SinusoidConfig(shots=shots, queries=queries)).sample(n_tasks, torch.Generator().manual_seed(seed)).to(dtype=torch.float64)
-
-
-def image_batch(tasks=3, ways=3, shots=2, queries=2, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    y_s = torch.arange(ways).repeat(shots).expand(tasks, -1).contiguous()
-    y_q = torch.arange(ways).repeat(queries).expand(tasks, -1).contiguous()
-    x = lambda n: torch.rand(tasks, n, 1, 12, 12, generator=g, dtype=torch.float64)  # noqa: E731
-    return TaskBatch(x(ways * shots), y_s, x(ways * queries), y_q)
+from helpers import image_batch, sine_batch, tiny_model
+from small_omniglot import SMALL_SETS, last_val
 
 
 def meta_grad(learner, batch, seed=0) -> dict[str, torch.Tensor]:
@@ -48,7 +29,7 @@ def meta_grad(learner, batch, seed=0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("optimizer,inner_batch", [("sgd", 4), ("adam", 4), ("adam", 0)])
 def test_meta_gradient_is_theta_minus_mean_adapted_weights(optimizer, inner_batch):
     """θ − mean_i θ'_i, with θ'_i from torch.optim.SGD / Adam(β1=0.3) on the same mini-batches."""
-    model = tiny_model()
+    model = tiny_model(hidden=(8,))
     hp = ReptileConfig(inner_optimizer=optimizer, inner_lr=0.05, adam_beta1=0.3, inner_steps=4, inner_batch=inner_batch)
     learner = Reptile(hp, model, "regression")
     batch = sine_batch()
@@ -78,7 +59,7 @@ def test_meta_gradient_is_theta_minus_mean_adapted_weights(optimizer, inner_batc
 def test_carried_adam_state_continues_like_one_torch_adam(executor):
     """adam_state="carried": each task starts from the stored (m, v, steps), as a torch.optim.Adam
     loaded with that state would; the store becomes the tasks' mean final state, steps advance."""
-    model = tiny_model()
+    model = tiny_model(hidden=(8,))
     hp = ReptileConfig(inner_lr=0.05, adam_beta1=0.3, inner_steps=4, inner_batch=4, adam_state="carried", executor=executor)
     learner = Reptile(hp, model, "regression")
     meta_grad(learner, sine_batch(seed=1), seed=1)  # a first meta-batch fills the store
@@ -116,22 +97,22 @@ def test_carried_adam_state_continues_like_one_torch_adam(executor):
 
 def test_carried_adam_state_is_in_the_state_dict_and_evaluation_leaves_it_alone():
     hp = ReptileConfig(inner_lr=0.05, inner_steps=3, inner_batch=4, eval_steps=5, adam_state="carried")
-    learner = Reptile(hp, tiny_model(), "regression")
+    learner = Reptile(hp, tiny_model(hidden=(8,)), "regression")
     meta_grad(learner, sine_batch())
     saved = {k: v.clone() for k, v in learner.state_dict().items()}
     assert saved["inner_adam_steps"] == 3 and any(k.startswith("inner_adam_v:") for k in saved)
     learner.eval_predictions(sine_batch(seed=2))
     learner.adapt(sine_batch(seed=3).support_x, sine_batch(seed=3).support_y)
     assert all(torch.equal(v, learner.state_dict()[k]) for k, v in saved.items())
-    fresh = Reptile(hp, tiny_model(), "regression")
+    fresh = Reptile(hp, tiny_model(hidden=(8,)), "regression")
     fresh.load_state_dict(saved)
     assert fresh.start_state()["t"] == 3
-    assert "inner_adam_steps" not in Reptile(ReptileConfig(), tiny_model(), "regression").state_dict()  # per task: no state
+    assert "inner_adam_steps" not in Reptile(ReptileConfig(), tiny_model(hidden=(8,)), "regression").state_dict()  # per task: no state
 
 
 def test_weighted_chunks_add_up_to_the_whole_meta_batch():
-    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch=0), tiny_model(), "regression")
-    batch = sine_batch(n_tasks=4)
+    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch=0), tiny_model(hidden=(8,)), "regression")
+    batch = sine_batch(tasks=4)
     whole = meta_grad(learner, batch)
     learner.zero_grad()
     for chunk in batch.chunks(3):
@@ -142,7 +123,7 @@ def test_weighted_chunks_add_up_to_the_whole_meta_batch():
 
 def test_outer_sgd_step_interpolates_toward_the_adapted_weights():
     """With train.optimizer = sgd and lr ε the loop's update is θ + ε (mean θ' − θ)."""
-    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3, inner_batch=0), tiny_model(), "regression")
+    learner = Reptile(ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3, inner_batch=0), tiny_model(hidden=(8,)), "regression")
     theta = {k: p.detach().clone() for k, p in learner.model.named_parameters()}
     grads = meta_grad(learner, sine_batch())
     torch.optim.SGD(learner.parameters(), lr=0.25).step()

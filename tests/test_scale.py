@@ -13,32 +13,16 @@ from metagrad.learners.executors import AUTO_LOOP_ABOVE, resolve_executor
 from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.models.mlp import MLPConfig, make_mlp
-from metagrad.tasks import Sinusoid, TaskBatch
+from metagrad.tasks import Sinusoid
 from metagrad.step import MetaStep
+from helpers import DEVICE, flat_grad, image_batch, rel
 
-DEVICE = torch.device(os.environ.get("METAGRAD_TEST_DEVICE", "cpu"))
 
 
 def conv_learner(**hp) -> MAML:
     torch.manual_seed(2)
     model = Conv4(Conv4Config(channels=8, blocks=2, downsample="stride"), 1, 3)
     return MAML(MAMLConfig(inner_lr=0.1, **hp), model, "classification").to(DEVICE, torch.float64)
-
-
-def image_batch(n_tasks: int, ways=3, shots=2) -> TaskBatch:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n_tasks, 2 * ways * shots, 1, 8, 8, generator=g, dtype=torch.float64)
-    y = torch.arange(ways).repeat_interleave(shots).repeat(n_tasks, 2)
-    s = ways * shots
-    return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:]).to(DEVICE)
-
-
-def flat_grad(learner) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in learner.parameters()])
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (torch.linalg.norm(a - b) / torch.linalg.norm(b)).item()
 
 
 @pytest.mark.parametrize("executor", ["vmap", "loop"])
