@@ -169,8 +169,10 @@ def test_class_count_and_config_errors(classes):
         build_dataclass(FolderConfig, {"path": "x", "val_fraction": 0.5, "test_fraction": 0.5}, "task")
     with pytest.raises(ConfigError, match="task.channels: 2 is not allowed; allowed: 1, 3"):
         build_dataclass(FolderConfig, {"path": "x", "channels": 2}, "task")
-    with pytest.raises(ConfigError, match=r"task.ways=3 is more than the 2 classes of the val split"):
+    with pytest.raises(ConfigError, match=r"3-way tasks need 3 classes but the val split .* has 2 classes; allowed: 2..2$"):
         make_folder(FolderConfig(path=str(classes), ways=3), "val")
+    with pytest.raises(ConfigError, match=r"has 1 class; episodes need at least 2 classes$"):
+        make_folder(FolderConfig(path=str(classes), ways=2, val_fraction=0.1), "val")
     with pytest.raises(DataError, match="the val split of .* has no classes"):
         make_folder(FolderConfig(path=str(classes), val_fraction=0), "val")
     # decoded images keep their content: a uniform image stays uniform after resizing

@@ -168,9 +168,9 @@ def cmd_adapt(args) -> int:
     if args.sheet:
         from .plots import plot_contact_sheet
 
-        titles = [f"{r['predicted']} {r['probability']:.2f}" for r in rows]
-        correct = [(r["predicted"] == r["true"]) if r["true"] else None for r in rows]
-        print(f"contact sheet: {plot_contact_sheet(query.images, titles, Path(args.sheet), correct)}")
+        sheet = plot_contact_sheet(query.images, [r["predicted"] for r in rows], [r["probability"] for r in rows],
+                                   [r["true"] or None for r in rows], Path(args.sheet))
+        print(f"contact sheet: {sheet}")
     return 0
 
 

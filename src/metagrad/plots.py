@@ -35,33 +35,55 @@ def validation_label(run_dir: Path) -> str:
     return "validation (classes also trained on)" if task.get("train_on") == "trainval" else "validation"
 
 
+def shown_settings(keys: list[str], headline: str | None) -> list[str]:
+    """The evaluation settings a curve shows: all of up to four, else the first two, the
+    headline and the last (e.g. MAML's 0 / 1 / 10 steps; MANN's adapted / instance 1 / 10)."""
+    if len(keys) <= 4:
+        return keys
+    return list(dict.fromkeys(k for k in (keys[0], keys[1], headline, keys[-1]) if k in keys))
+
+
+def _log_if_wide(ax, values: list[float]) -> None:
+    """A log y-axis when positive values span more than a factor of 10."""
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        ax.set_yscale("log")
+
+
 def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
-    """Meta-train loss and metric, and validation metric, against iteration -> training_curve.png."""
+    """Meta-train loss (left); validation results per setting, and the meta-train metric when it
+    is not the loss itself (classification), against iteration (right) -> training_curve.png."""
     rows = read_metrics(run_dir)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
     if not train:
         return None
+    report = Path(run_dir) / "report.json"
+    headline = json.loads(report.read_text()).get("headline") if report.is_file() else None
     metric = "accuracy" if "accuracy" in train[0] else "mse"
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="meta-train query loss")
-    ax_loss.set_xlabel("iteration")
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
+    its, losses = [r["iteration"] for r in train], [r["loss"] for r in train]
+    ax_loss.plot(its, losses, label="meta-train query loss")
     ax_loss.set_ylabel("loss")
-    if all(r["loss"] > 0 for r in train):
-        ax_loss.set_yscale("log")
-    ax_metric.plot([r["iteration"] for r in train], [r[metric] for r in train], label=f"meta-train {metric}", alpha=0.7)
+    _log_if_wide(ax_loss, losses)
+    values = []
+    if any(r[metric] != r["loss"] for r in train):  # regression: the metric is the loss, plotted once
+        ax_metric.plot(its, [r[metric] for r in train], label=f"meta-train {metric}", alpha=0.7)
+        values += [r[metric] for r in train]
     if val:
-        keys = [k for k in val[-1] if k not in ("iteration", "split")]
         name = validation_label(run_dir)
-        for key in (keys[0], keys[-1]) if len(keys) > 1 else keys:
-            ax_metric.plot([r["iteration"] for r in val], [r[key] for r in val], marker="o", label=f"{name}, {key.replace('_', ' ')}")
-    ax_metric.set_xlabel("iteration")
+        keys = [k for k in val[-1] if k not in ("iteration", "split")]
+        for key in shown_settings(keys, headline and headline.replace(" ", "_")):
+            ys = [r[key] for r in val if key in r]
+            ax_metric.plot([r["iteration"] for r in val if key in r], ys, marker="o", label=f"{name}, {key.replace('_', ' ')}")
+            values += ys
     ax_metric.set_ylabel(metric)
     if metric == "mse":
-        ax_metric.set_yscale("log")
+        _log_if_wide(ax_metric, values)
     for ax in (ax_loss, ax_metric):
+        ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # below the axes, where it covers no curve
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{Path(run_dir).name}: meta-training")
     return _save(fig, Path(path or Path(run_dir) / "training_curve.png"))
 
@@ -127,18 +149,29 @@ def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch
     return [p for p in paths if p is not None]
 
 
-def plot_contact_sheet(images: torch.Tensor, titles: list[str], path: Path, correct: list[bool | None] | None = None, columns: int = 8) -> Path:
-    """A grid of images (uint8 [M, C, H, W]) with a title under each; titles of known-correct
-    predictions in green, known-wrong in red."""
+def plot_contact_sheet(images: torch.Tensor, predicted: list[str], probability: list[float], true: list[str | None],
+                       path: Path, columns: int = 8) -> Path:
+    """A grid of query images (uint8 [M, C, H, W]), each titled with its predicted class and
+    probability: green when it matches the true class, red with the true class beneath when it
+    does not, black when the true class is unknown. A line above the grid explains the colours."""
     m = len(images)
     rows = (m + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 2.0 * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i, (ax, img, title) in enumerate(zip(axes.flat, images, titles)):
+    for ax, img, pred, prob, truth in zip(axes.flat, images, predicted, probability, true):
         pixels = img.permute(1, 2, 0).numpy()
         ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
-        ok = correct[i] if correct else None
-        ax.set_title(title, fontsize=7, color={True: "green", False: "red"}.get(ok, "black"))
+        title, colour = f"{pred} {prob:.2f}", "black"
+        if truth is not None:
+            colour = "green" if pred == truth else "red"
+            title += "" if pred == truth else f"\ntrue: {truth}"
+        ax.set_title(title, fontsize=7, color=colour)
+    known = [t for t in true if t is not None]
+    right = sum(p == t for p, t in zip(predicted, true) if t is not None)
+    legend = "predicted class and its probability"
+    if known:
+        legend += f"; green: right, red: wrong (true class beneath); {right}/{len(known)} right"
+    fig.suptitle(legend, fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(path))

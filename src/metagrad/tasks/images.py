@@ -110,10 +110,9 @@ class EpisodeSampler:
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset"):
         if ways > dataset.n_classes:
-            raise ConfigError(
-                f"task.ways={ways} is more than the {dataset.n_classes} classes of {name}; "
-                f"allowed: 1..{dataset.n_classes}"
-            )
+            n = dataset.n_classes
+            allowed = f"allowed: 2..{n}" if n >= 2 else "episodes need at least 2 classes"
+            raise ConfigError(f"{ways}-way tasks need {ways} classes but {name} has {n} class{'' if n == 1 else 'es'}; {allowed}")
         counts = dataset.counts()
         need = shots + queries
         short = torch.nonzero(counts < need).flatten()

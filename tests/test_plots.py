@@ -1,0 +1,62 @@
+"""What the figures show: which series, which labels, where the legend goes."""
+
+import json
+
+import pytest
+import torch
+
+from metagrad import plots
+
+
+def write_run(run, kind):
+    """A run directory with metrics.jsonl and report.json as the loop writes them."""
+    run.mkdir()
+    metric = "mse" if kind == "regression" else "accuracy"
+    settings = ["0_steps", "1_step", "10_steps"] if kind == "regression" else ["adapted", *[f"instance_{k}" for k in (1, 2, 3, 5, 10)]]
+    rows = []
+    for it in (50, 100, 150):
+        loss = 3.0 / it
+        rows.append({"iteration": it, "split": "train", "loss": loss, metric: loss if kind == "regression" else 0.5})
+        rows.append({"iteration": it, "split": "val", **{s: 1.0 / it for s in settings}})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    headline = "10 steps" if kind == "regression" else "adapted"
+    (run / "report.json").write_text(json.dumps({"headline": headline, "test": {}}))
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or path)
+    return saved
+
+
+def labels(ax) -> list[str]:
+    return ax.get_legend_handles_labels()[1]
+
+
+def test_regression_curve_plots_the_loss_once_and_every_setting(tmp_path, figures):
+    write_run(tmp_path / "sine", "regression")
+    plots.plot_training_curve(tmp_path / "sine")
+    left, right = figures[0].axes
+    assert labels(left) == ["meta-train query loss"]
+    # no meta-train mse (it is the loss); the 1-step setting of the MAML paper's comparison is there
+    assert labels(right) == ["validation, 0 steps", "validation, 1 step", "validation, 10 steps"]
+    for ax in (left, right):  # the legend sits below the axes, over no curve
+        legend = ax.get_legend()
+        assert legend.get_bbox_to_anchor().y1 < ax.get_window_extent().y0 + 1e-9
+
+
+def test_classification_curve_keeps_the_train_metric_and_picks_settings(tmp_path, figures):
+    write_run(tmp_path / "mann", "classification")
+    plots.plot_training_curve(tmp_path / "mann")
+    right = figures[0].axes[1]
+    assert labels(right) == ["meta-train accuracy", "validation, adapted", "validation, instance 1", "validation, instance 10"]
+
+
+def test_contact_sheet_titles_name_the_true_class_of_mistakes(tmp_path, figures):
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    plots.plot_contact_sheet(images, ["a", "b", "a"], [0.9, 0.6, 0.5], ["a", "a", None], tmp_path / "s.png")
+    fig = figures[0]
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes[:3]]
+    assert titles == [("a 0.90", "green"), ("b 0.60\ntrue: a", "red"), ("a 0.50", "black")]
+    assert "1/2 right" in fig._suptitle.get_text() and "red: wrong" in fig._suptitle.get_text()
