@@ -41,11 +41,11 @@ METAGRAD_TEST_DEVICE=cuda METAGRAD_TEST_COMPILE_BACKEND=inductor "$PY" -m pytest
 
 echo "== benchmark (eager)"
 "$PY" -m metagrad bench --device cuda --groups omniglot,sine,chunk --iters 10 --warmup 2 --timeout 120 \
-    --out "$RESULTS/bench-eager.json" 2>&1 | tee "$RESULTS/bench-eager.txt"
+    --results "$RESULTS/bench-eager.json" 2>&1 | tee "$RESULTS/bench-eager.txt"
 
 echo "== benchmark (torch.compile)"
 "$PY" -m metagrad bench --device cuda --groups compile --iters 20 --warmup 3 --timeout 240 \
-    --out "$RESULTS/bench-compile.json" 2>&1 | tee "$RESULTS/bench-compile.txt"
+    --results "$RESULTS/bench-compile.json" 2>&1 | tee "$RESULTS/bench-compile.txt"
 echo "== meta-training end to end on CUDA (sine-quick, 600 iterations, compile=reduce-overhead)"
 if "$PY" -c "import matplotlib, tensorboard" 2>/dev/null; then
     rm -rf "$RESULTS/sine-run"

@@ -8,7 +8,7 @@ from metagrad.cli import main
 
 def test_bench_times_both_executors_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--groups", "sine", "--only", "sine-so-1step", "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(out)])
+    code = main(["bench", "--groups", "sine", "--only", "sine-so-1step", "--iters", "2", "--warmup", "1", "--threads", "1", "--results", str(out)])
     assert code == 0
     rows = json.loads(out.read_text())["results"]
     assert {r["name"] for r in rows} == {"sine-so-1step-vmap", "sine-so-1step-loop"}

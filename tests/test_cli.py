@@ -25,12 +25,24 @@ def run_cli(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_presets_lists_names_with_descriptions(capsys):
+def test_presets_lists_names_with_descriptions_wrapped_to_the_terminal(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
     code, out, _ = run_cli(capsys, "presets")
     assert code == 0
-    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    rows = out.rstrip().splitlines()
+    assert max(map(len, rows)) <= 100
+    indent = rows[0].index(rows[0].split()[1])  # where descriptions start
+    described, name = {}, None
+    for row in rows:  # a continuation line is indented to the description column
+        if not row[:indent].strip():
+            described[name] += " " + row.strip()
+        else:
+            name, text = row.split(None, 1)
+            described[name] = text
     for name in ("maml-sine", "fomaml-sine", "sine-quick"):
-        assert name in lines and len(lines[name]) > 20
+        assert name in described and len(described[name]) > 20
+    assert described["sine-quick"].startswith("MAML on sinusoid regression, quick: the default of `metagrad train`")
+    assert set(described) == set(preset_names())
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -350,3 +362,10 @@ def test_plot_redraws_a_run_and_takes_overrides(tmp_path, capsys):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in out
     code, _, err = run_cli(capsys, "plot", str(out_dir), "--set", "learner.eval_steps=-1")
     assert code == 2 and "learner.eval_steps must be >= 0" in err
+
+
+def test_output_into_a_reader_that_stops_early_is_not_an_error():
+    for reader in ("head -n 1", "true"):  # stops after a line; reads nothing at all
+        done = subprocess.run(f"'{sys.executable}' -m metagrad presets | {reader}", shell=True, capture_output=True,
+                              text=True, timeout=120)
+        assert done.stderr == "" and done.stdout.count("\n") == (reader != "true"), done.stderr

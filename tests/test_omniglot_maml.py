@@ -60,7 +60,7 @@ def test_adapt_predicts_a_users_query_folder(trained_run, shared_data, tmp_path,
     run, _ = trained_run
     support, query = user_folders(shared_data, tmp_path)
     out, sheet = tmp_path / "pred.csv", tmp_path / "sheet.png"
-    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--invert", "--out", str(out), "--sheet", str(sheet)])
+    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--invert", "--predictions", str(out), "--sheet", str(sheet)])
     printed = capsys.readouterr().out
     assert code == 0
     rows = list(csv.DictReader(out.open()))
@@ -71,7 +71,7 @@ def test_adapt_predicts_a_users_query_folder(trained_run, shared_data, tmp_path,
     assert accuracy >= 0.8 and confidence > 0.6, rows
     assert f"{100 * accuracy:.1f}%" in printed
     assert sheet.read_bytes()[:4] == b"\x89PNG"
-    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--out", str(tmp_path / "p.json")])
+    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--predictions", str(tmp_path / "p.json")])
     assert code == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 15
 
 

@@ -161,5 +161,5 @@ def test_damaged_foreign_and_hostile_checkpoints_are_one_line(tmp_path, capsys):
 
 def test_adapt_names_the_file_types_it_writes(tmp_path, capsys):
     code, _, err = run_cli(capsys, "adapt", str(tmp_path), "--support", str(tmp_path), "--query", str(tmp_path),
-                           "--out", str(tmp_path / "pred.txt"))
+                           "--predictions", str(tmp_path / "pred.txt"))
     assert code == 2 and "expected a file name ending in .csv or .json" in one_line(err)

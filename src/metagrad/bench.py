@@ -337,11 +337,11 @@ def run(args) -> int:
     print()
     print(format_table(rows, env))
     print(f"load average before {env['load_before']}, after {env['load_after']}")
-    if args.out:
+    if args.results:
         from .io import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        atomic_write_text(args.results, json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+        print(f"wrote {args.results}")
     return 1 if any("error" in r for r in rows) else 0
 
 
@@ -353,7 +353,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per configuration (default: torch's)")
     p.add_argument("--timeout", type=float, default=900, help="seconds before a configuration is abandoned")
-    p.add_argument("--out", help="write the results as JSON to this file")
+    p.add_argument("--results", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
 
 

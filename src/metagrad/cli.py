@@ -122,8 +122,8 @@ def cmd_adapt(args) -> int:
     from .tasks.images import as_float
     from .train import load_run
 
-    if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
-        raise MetagradError(f"--out {args.out}: expected a file name ending in .csv or .json")
+    if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".json"):
+        raise MetagradError(f"--predictions {args.predictions}: expected a file name ending in .csv or .json")
     cfg, learner, state = load_run(args.checkpoint)
     spec = TaskSpec(**state["task_spec"])
     if spec.kind != "classification" or len(spec.input_shape) != 3:
@@ -147,8 +147,8 @@ def cmd_adapt(args) -> int:
         {"file": f, "predicted": support.class_names[int(p)], "probability": round(float(c), 4), "true": t or ""}
         for f, p, c, t in zip(query.paths, pred, conf, query.classes)
     ]
-    if args.out:
-        out = Path(args.out)
+    if args.predictions:
+        out = Path(args.predictions)
         if out.suffix.lower() == ".json":
             atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
         else:
@@ -177,10 +177,17 @@ def cmd_adapt(args) -> int:
 def cmd_presets(args) -> int:
     from .config import load_preset, preset_names
 
+    import shutil
+    import textwrap
+
     names = preset_names()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {load_preset(name).get('description', '')}")
+    width = max(map(len, names)) + 2
+    columns = max(shutil.get_terminal_size((100, 24)).columns, width + 40)
+    for name in names:  # descriptions wrapped to the terminal, continued under their column
+        lines = textwrap.wrap(load_preset(name).get("description", ""), columns - width) or [""]
+        print(f"{name:<{width}}{lines[0]}")
+        for line in lines[1:]:
+            print(" " * width + line)
     return 0
 
 
@@ -230,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True, help="folder with one sub-folder of labelled images per class")
     p.add_argument("--query", required=True, help="folder of images to classify (loose, or in class sub-folders to score accuracy)")
     p.add_argument("--shots", type=int, help="require at least this many images per support class (default 1)")
-    p.add_argument("--out", help="write predictions to FILE.csv or FILE.json (default: print them)")
-    p.add_argument("--sheet", help="also draw the query images with their predicted labels to this PNG")
+    p.add_argument("--predictions", metavar="FILE", help="write predictions to FILE.csv or FILE.json (default: print them)")
+    p.add_argument("--sheet", metavar="FILE", help="also draw the query images with their predicted labels to this PNG")
     p.add_argument("--invert", action="store_true", help="invert pixel values (dark strokes on light paper -> Omniglot's light-on-dark)")
     p.set_defaults(func=cmd_adapt)
 
@@ -262,10 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag, None) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag} must be > 0, got {getattr(args, flag)}")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
     except MetagradError as e:
         print(f"metagrad: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped (`metagrad presets | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except OSError as e:  # a file the user named cannot be read or written (permissions, full disk)
         where = f"{e.filename}: " if e.filename else ""
         print(f"metagrad: error: {where}{e.strerror or e}", file=sys.stderr)
