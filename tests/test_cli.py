@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,10 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
     out_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "--out", str(out_dir), *FAST)
     assert code == 0, err
-    assert "1 step" in out and "mse" in out and str(out_dir) in out
+    assert "mse" in out and str(out_dir) in out
+    # the report marks the headline and the setting that adapts as meta-training did (1 step)
+    assert re.search(r"^  1 step +mse .*  <- as meta-trained$", out, re.M) and re.search(r"^  10 steps +mse .*  <- headline$", out, re.M)
+    assert json.loads((out_dir / "report.json").read_text())["trained_setting"] == "1 step"
     for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "report.json", "training_curve.png", "sine_fit.png"):
         assert (out_dir / name).is_file(), name
     assert any((out_dir / "tb").glob("events.out.tfevents.*"))
@@ -69,6 +73,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
     assert code == 0
     result = json.loads(out)
     assert result["metric"] == "mse" and result["episodes"] == 30 and result["ci95"] > 0
+    assert result["headline"] == "10 steps" and result["trained_setting"] == "1 step"
     assert {r["setting"] for r in result["results"]} >= {"0 steps", "1 step", "10 steps"}
     code, out, _ = run_cli(capsys, "eval", str(out_dir / "checkpoint.pt"), "--episodes", "10")
     assert code == 0 and "10 steps" in out

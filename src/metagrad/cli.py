@@ -14,10 +14,12 @@ from .errors import MetagradError
 DEFAULT_PRESET = "sine-quick"
 
 
-def _print_estimates(estimates: dict, headline: str, out=print) -> None:
+def _print_estimates(estimates: dict, headline: str, trained: str | None = None, out=print) -> None:
+    """One line per setting; the headline and the setting that adapts as meta-training did are marked."""
     width = max(len(k) for k in estimates)
     for key, est in estimates.items():
-        mark = "  <- headline" if key == headline else ""
+        marks = [m for m, k in (("headline", headline), ("as meta-trained", trained)) if key == k]
+        mark = f"  <- {', '.join(marks)}" if marks else ""
         out(f"  {key:<{width}}  {est['metric']} {_fmt(est)}  ({est['episodes']} tasks){mark}")
 
 
@@ -72,7 +74,7 @@ def cmd_train(args) -> int:
     say(f"\ntrained {report['iterations']} iterations in {report['train_seconds']:.1f} s on {report['device']}{speed}"
         + (f" ({report['world_size']} processes)" if report["world_size"] > 1 else ""))
     say(f"held-out test tasks ({cfg.task.name}):")
-    _print_estimates(report["test"], report["headline"], out=say)
+    _print_estimates(report["test"], report["headline"], report.get("trained_setting"), out=say)
     say(f"run directory: {out}")
     for p in report.get("plots", []):
         say(f"  plot: {p}")
@@ -98,6 +100,7 @@ def cmd_eval(args) -> int:
         "iteration": state["iteration"],
         "split": args.split,
         "headline": learner.headline,
+        "trained_setting": learner.trained_setting,
         "results": [{"setting": k, **e.to_dict()} for k, e in est.items()],
     }
     head = est[learner.headline].to_dict()
@@ -106,7 +109,7 @@ def cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         print(f"{args.run} (iteration {state['iteration']}), {args.split} split:")
-        _print_estimates({k: e.to_dict() for k, e in est.items()}, learner.headline)
+        _print_estimates({k: e.to_dict() for k, e in est.items()}, learner.headline, learner.trained_setting)
     return 0
 
 

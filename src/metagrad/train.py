@@ -336,6 +336,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         "device": str(device),
         "world_size": ctx.world,
         "headline": learner.headline,
+        "trained_setting": learner.trained_setting,
         "test": {k: e.to_dict() for k, e in est.items()},
     }
     if ctx.is_main:

@@ -54,6 +54,8 @@ class MetaLearner(nn.Module):
 
     #: key of ``eval_predictions`` that summaries report first
     headline: str = "adapted"
+    #: key of ``eval_predictions`` that adapts as meta-training did (e.g. MAML's inner_steps), if any
+    trained_setting: str | None = None
     #: the number of classes a fixed classifier head requires of every task (None: any)
     fixed_ways: int | None = None
 

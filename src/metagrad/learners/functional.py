@@ -50,6 +50,7 @@ class FunctionalLearner(MetaLearner):
         self.hp = hp
         self.model = model
         self.headline = self.step_label(hp.eval_steps)
+        self.trained_setting = self.step_label(hp.inner_steps)
         self.inner_optimizer = make_inner_optimizer(hp)
 
     @classmethod
