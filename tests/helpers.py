@@ -55,3 +55,22 @@ def flat_grad(module: nn.Module) -> torch.Tensor:
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error |a - b| / |b|."""
     return (torch.linalg.norm(a - b) / torch.linalg.norm(b)).item()
+
+
+@torch.no_grad()
+def directional_fd(loss, params: list[torch.Tensor], direction: torch.Tensor, eps: float = 1e-6) -> float:
+    """Central finite difference of ``loss()`` (a float) along ``direction`` (one vector over
+    ``params``): (L(θ + εd) − L(θ − εd)) / 2ε. The parameters are restored afterwards."""
+
+    def shift(scale: float) -> None:
+        offset = 0
+        for p in params:
+            p.add_(scale * direction[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+    shift(eps)
+    plus = loss()
+    shift(-2 * eps)
+    minus = loss()
+    shift(eps)
+    return (plus - minus) / (2 * eps)

@@ -11,7 +11,7 @@ from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.models.mlp import MLPConfig, make_mlp
 from metagrad.models.norm import BatchNorm
-from helpers import DEVICE, image_batch, sine_batch, tiny_model
+from helpers import DEVICE, directional_fd, image_batch, sine_batch, tiny_model
 
 ALPHA = 0.05
 
@@ -116,25 +116,10 @@ def test_meta_gradient_matches_central_finite_differences(first_order):
     batch = sine_batch()
     learner = maml(model, 2, first_order=first_order)
     grad = meta_grad(learner, batch)
-    params = list(learner.parameters())
     g = torch.Generator().manual_seed(3)
-    eps = 1e-6
     for _ in range(3):
         direction = torch.randn(grad.numel(), generator=g, dtype=torch.float64).to(DEVICE)
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                offset = 0
-                for p in params:
-                    p.add_(sign * eps * direction[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
-            values.append(learner.meta_loss(batch)[0].item())
-            with torch.no_grad():
-                offset = 0
-                for p in params:
-                    p.sub_(sign * eps * direction[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
-        fd = (values[0] - values[1]) / (2 * eps)
+        fd = directional_fd(lambda: learner.meta_loss(batch)[0].item(), list(learner.parameters()), direction)
         analytic = (grad @ direction).item()
         agrees = abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic))
         # FOMAML drops the Hessian term, so it is not the meta-loss's gradient in any direction
