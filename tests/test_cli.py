@@ -61,13 +61,13 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
     # the report marks the headline and the setting that adapts as meta-training did (1 step)
     assert re.search(r"^  1 step +mse .*  <- as meta-trained$", out, re.M) and re.search(r"^  10 steps +mse .*  <- headline$", out, re.M)
     assert json.loads((out_dir / "report.json").read_text())["trained_setting"] == "1 step"
-    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "report.json", "training_curve.png", "sine_fit.png"):
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "report.json", "training_curve.png", "fit.png"):
         assert (out_dir / name).is_file(), name
     assert any((out_dir / "tb").glob("events.out.tfevents.*"))
     assert json.loads((out_dir / "config.json").read_text())["learner"]["name"] == "maml"
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
-    assert (out_dir / "sine_fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     code, out, _ = run_cli(capsys, "eval", str(out_dir), "--episodes", "30", "--json")
     assert code == 0
@@ -82,6 +82,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
 @pytest.mark.parametrize(
     "argv,needle",
     [
+        (["train", "--data-dir", "/tmp"], "--data-dir: the sinusoid task reads no data folder"),
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--set", "learner.inner_lrr=0.1"], "unknown key learner.inner_lrr"),
         (["train", "--set", "train.iterations=ten"], "train.iterations: expected int, got 'ten'"),
@@ -232,16 +233,13 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     assert load_checkpoint(out_dir)["iteration"] > 0
 
 
-def test_the_curve_flags_validation_classes_that_were_also_trained_on(tmp_path):
+def test_the_curve_flags_validation_classes_that_were_also_trained_on():
     from metagrad.plots import validation_label
 
-    assert validation_label(tmp_path) == "validation"  # no config.json
-    for train_on, label in (("train", "validation"), ("trainval", "validation (classes also trained on)")):
-        (tmp_path / "config.json").write_text(json.dumps({"task": {"name": "omniglot", "train_on": train_on}}))
-        assert validation_label(tmp_path) == label
-    cfg = load_config("maml-omniglot-5w1s")  # the paper's protocol: trains on train + val
-    cfg.save(tmp_path / "config.json")
-    assert validation_label(tmp_path) == "validation (classes also trained on)"
+    assert load_config("maml-omniglot-5w1s").task.hp.validation_trained_on  # the paper's protocol: train + val
+    assert not load_config("maml-omniglot-5w1s", ["task.train_on=train"]).task.hp.validation_trained_on
+    assert not hasattr(load_config("sine-quick").task.hp, "validation_trained_on")  # no classes: never flagged
+    assert validation_label(True) == "validation (classes also trained on)" and validation_label(False) == "validation"
 
 
 @pytest.mark.parametrize("override", ["train.lr=1e6", "learner.inner_lr=1e6"])
@@ -359,11 +357,11 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
 def test_plot_redraws_a_run_and_takes_overrides(tmp_path, capsys):
     out_dir = tmp_path / "run"
     assert run_cli(capsys, "train", "--out", str(out_dir), *FAST)[0] == 0
-    for name in ("training_curve.png", "sine_fit.png"):
+    for name in ("training_curve.png", "fit.png"):
         (out_dir / name).unlink()
     code, out, err = run_cli(capsys, "plot", str(out_dir), "--set", "learner.eval_steps=3")
     assert code == 0, err
-    for name in ("training_curve.png", "sine_fit.png"):
+    for name in ("training_curve.png", "fit.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in out
     code, _, err = run_cli(capsys, "plot", str(out_dir), "--set", "learner.eval_steps=-1")
     assert code == 2 and "learner.eval_steps must be >= 0" in err
@@ -374,3 +372,9 @@ def test_output_into_a_reader_that_stops_early_is_not_an_error():
         done = subprocess.run(f"'{sys.executable}' -m metagrad presets | {reader}", shell=True, capture_output=True,
                               text=True, timeout=120)
         assert done.stderr == "" and done.stdout.count("\n") == (reader != "true"), done.stderr
+
+
+def test_data_dir_sets_the_data_folder_of_a_task_that_has_one(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--preset", "maml-omniglot-5w1s", "--data-dir", str(tmp_path), "--print-config")
+    assert code == 0, err
+    assert json.loads(out)["task"]["data_dir"] == str(tmp_path)

@@ -219,8 +219,8 @@ def test_cli_train_then_eval(preset, tmp_path, shared_data, omniglot_cache, caps
     assert result["metric"] == "accuracy" and result["episodes"] == 10 and result["headline"] == "adapted"
     if preset == "mann-quick":
         assert settings == {"adapted", *(f"instance {k}" for k in (1, 2, 3, 4, 5, 10))}
-        assert (out / "instance_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "settings_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # accuracy by instance
     else:
-        assert not (out / "instance_accuracy.png").exists()
+        assert not (out / "settings_curve.png").exists()
     if preset == "metanet-quick":
         assert settings == {"adapted", "slow weights only"}

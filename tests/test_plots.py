@@ -60,3 +60,33 @@ def test_contact_sheet_titles_name_the_true_class_of_mistakes(tmp_path, figures)
     titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes[:3]]
     assert titles == [("a 0.90", "green"), ("b 0.60\ntrue: a", "red"), ("a 0.50", "black")]
     assert "1/2 right" in fig._suptitle.get_text() and "red: wrong" in fig._suptitle.get_text()
+
+
+def test_numbered_settings_are_found_by_shape_not_by_learner():
+    est = lambda m: {"metric": "mse", "mean": m, "ci95": 0.1, "episodes": 5}  # noqa: E731
+    steps = {"0 steps": est(3), "1 step": est(2), "10 steps": est(1), "adapted": est(1)}
+    name, points = plots.numbered_settings(steps)
+    assert name == "steps" and [k for k, _ in points] == [0, 1, 10]
+    name, points = plots.numbered_settings({"adapted": est(1), **{f"instance {k}": est(k) for k in (10, 1, 2)}})
+    assert name == "instance" and [k for k, _ in points] == [1, 2, 10]
+    assert plots.numbered_settings({"adapted": est(1), "slow weights only": est(2)}) is None
+    assert plots.numbered_settings({"0 steps": est(1), "5 steps": est(2)}) is None  # two are not a curve
+
+
+def test_any_task_offering_a_curve_gets_a_fit_figure(tmp_path, figures):
+    from metagrad.tasks import TaskBatch
+
+    class Line:  # not a sinusoid: y = 2x
+        def curve_task(self, generator):
+            x = torch.linspace(-1, 1, 20, dtype=torch.float64).view(1, -1, 1)
+            return TaskBatch(x[:, ::5], 2 * x[:, ::5], x, 2 * x), "a line"
+
+    class Zero:
+        def eval_predictions(self, batch):
+            return {"0 steps": torch.zeros_like(batch.query_y), "1 step": batch.query_y}
+
+    write_run(tmp_path / "line", "regression")
+    paths = plots.make_run_plots(tmp_path / "line", Zero(), Line(), dtype=torch.float64)
+    assert [p.name for p in paths] == ["training_curve.png", "fit.png"]  # the report has no numbered settings
+    ax = figures[-1].axes[0]
+    assert ax.get_title() == "a line" and labels(ax)[:3] == ["ground truth", "0 steps (MSE 1.474)", "1 step (MSE 0.000)"]

@@ -29,11 +29,20 @@ def _fmt(est: dict) -> str:
     return f"{est['mean']:.4f} ± {est['ci95']:.4f}"
 
 
-def _overrides(args) -> list[str]:
-    sets = list(args.set or [])
-    if getattr(args, "data_dir", None):
-        sets.append(f"task.data_dir={json.dumps(str(args.data_dir))}")
-    return sets
+def _with_data_dir(cfg, args):
+    """``cfg`` with --data-dir as its task's ``data_dir``: the field a task that reads files
+    under a data folder has (whatever the task); refused in one line for a task without one."""
+    if not getattr(args, "data_dir", None):
+        return cfg
+    import dataclasses
+
+    from .config import resolve
+
+    if "data_dir" not in {f.name for f in dataclasses.fields(cfg.task.hp)}:
+        raise MetagradError(f"--data-dir: the {cfg.task.name} task reads no data folder (it has no task.data_dir)")
+    raw = cfg.to_dict()
+    raw["task"]["data_dir"] = str(args.data_dir)
+    return resolve(raw)
 
 
 def cmd_train(args) -> int:
@@ -44,15 +53,15 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else None
     saved = saved_config(out) if out is not None and args.preset is None else None
     if saved is not None:  # resume: the run's own config, plus any --set overrides
-        cfg = resolve(apply_overrides(saved, _overrides(args)))
+        cfg = _with_data_dir(resolve(apply_overrides(saved, list(args.set or []))), args)
     else:
-        sets = _overrides(args)
+        sets = list(args.set or [])
         if args.data:
             if not args.data.startswith("folder:"):
                 raise MetagradError(f"--data {args.data!r}: expected folder:PATH (a folder with one sub-folder of images per class)")
             sets = [f"task.path={json.dumps(args.data[len('folder:'):])}", *sets]
         preset = args.preset or (DEFAULT_PRESET if not args.data else "folder-quick")
-        cfg = load_config(preset, sets)
+        cfg = _with_data_dir(load_config(preset, sets), args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -86,7 +95,8 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate
     from .train import TEST_SEED, load_run, resolve_device
 
-    cfg, learner, state = load_run(args.run, _overrides(args))
+    cfg, learner, state = load_run(args.run, list(args.set or []))
+    cfg = _with_data_dir(cfg, args)
     device = resolve_device(cfg.train.device)
     import torch
 
@@ -199,9 +209,11 @@ def cmd_plot(args) -> int:
     from .plots import make_run_plots
     from .train import load_run
 
-    cfg, learner, _ = load_run(args.run, _overrides(args))
+    cfg, learner, _ = load_run(args.run, list(args.set or []))
+    cfg = _with_data_dir(cfg, args)
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    for p in make_run_plots(run_dir, learner, build_task(cfg, "test")):
+    trained_on = getattr(cfg.task.hp, "validation_trained_on", False)
+    for p in make_run_plots(run_dir, learner, build_task(cfg, "test"), validation_trained_on=trained_on):
         print(p)
     return 0
 

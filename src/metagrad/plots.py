@@ -1,5 +1,14 @@
-"""PNG figures of a run: the training curve; for sinusoid runs the MAML paper's Figure 2; for
-learners that report accuracy by presentation ("instance k" keys, e.g. MANN) that curve."""
+"""PNG figures of a run, drawn from what any task and learner expose (no names of either):
+
+- training_curve.png: meta-train loss, validation results per evaluation setting;
+- settings_curve.png: the test metric against the number in numbered settings ("1 step" ..
+  "10 steps", "instance 1" .. "instance 10"), when a learner reports three or more;
+- fit.png: for a task that offers ``curve_task(generator) -> (TaskBatch, title)`` (1-D
+  regression, e.g. the MAML paper's Figure 2 for sinusoids), the support points, the true
+  curve and the learner's predictions per setting.
+
+A task config whose ``validation_trained_on`` is true (its "val" classes are trained on too)
+gets its validation curves labelled so."""
 
 from __future__ import annotations
 
@@ -16,7 +25,6 @@ import torch  # noqa: E402
 from .io import atomic_write  # noqa: E402
 from .logger import read_metrics  # noqa: E402
 from .tasks.batch import TaskBatch  # noqa: E402
-from .tasks.sinusoid import Sinusoid  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -25,14 +33,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def validation_label(run_dir: Path) -> str:
-    """"validation", flagged when the run's config trains on its validation classes too
-    (task.train_on = "trainval", the MAML paper's Omniglot protocol): then it is not held out."""
-    try:
-        task = json.loads((Path(run_dir) / "config.json").read_text())["task"]
-    except (OSError, ValueError, KeyError):
-        return "validation"
-    return "validation (classes also trained on)" if task.get("train_on") == "trainval" else "validation"
+def validation_label(trained_on: bool) -> str:
+    """"validation", flagged when the validation classes are trained on too (the MAML paper's
+    Omniglot protocol trains on train + val): then the curve is not of held-out classes."""
+    return "validation (classes also trained on)" if trained_on else "validation"
 
 
 def shown_settings(keys: list[str], headline: str | None) -> list[str]:
@@ -49,7 +53,7 @@ def _log_if_wide(ax, values: list[float]) -> None:
         ax.set_yscale("log")
 
 
-def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
+def plot_training_curve(run_dir: Path, path: Path | None = None, validation_trained_on: bool = False) -> Path | None:
     """Meta-train loss (left); validation results per setting, and the meta-train metric when it
     is not the loss itself (classification), against iteration (right) -> training_curve.png."""
     rows = read_metrics(run_dir)
@@ -70,7 +74,7 @@ def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
         ax_metric.plot(its, [r[metric] for r in train], label=f"meta-train {metric}", alpha=0.7)
         values += [r[metric] for r in train]
     if val:
-        name = validation_label(run_dir)
+        name = validation_label(validation_trained_on)
         keys = [k for k in val[-1] if k not in ("iteration", "split")]
         for key in shown_settings(keys, headline and headline.replace(" ", "_")):
             ys = [r[key] for r in val if key in r]
@@ -89,63 +93,80 @@ def plot_training_curve(run_dir: Path, path: Path | None = None) -> Path | None:
 
 
 @torch.no_grad()
-def plot_sine_fit(learner, task: Sinusoid, path: Path, seed: int = 7, device="cpu", dtype=torch.float32) -> Path:
-    """A held-out sine task: its K support points, the true curve, and the learner's prediction
-    before adaptation and after each evaluation setting (for MAML: 0, 1 and eval_steps steps)."""
-    g = torch.Generator().manual_seed(seed)
-    amp, phase = task.sample_params(1, g)
-    c = task.cfg
-    sx = c.x_min + (c.x_max - c.x_min) * torch.rand(1, c.shots, 1, generator=g, dtype=torch.float64)
-    grid = torch.linspace(c.x_min, c.x_max, 300, dtype=torch.float64).view(1, -1, 1)
-    batch = TaskBatch(sx, task.target(sx, amp, phase), grid, task.target(grid, amp, phase)).to(device, dtype)
+def plot_fit(learner, batch: TaskBatch, title: str, path: Path, device="cpu", dtype=torch.float32) -> Path:
+    """A 1-D regression task (B = 1; query = a sorted grid): its support points, the true curve
+    and the learner's prediction per evaluation setting (the first, second and last of more)."""
+    batch = batch.to(device, dtype)
     preds = learner.eval_predictions(batch)
     keys = list(preds)
     shown = [keys[0], keys[1], keys[-1]] if len(keys) > 2 else keys
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    x = grid.view(-1).numpy()
-    ax.plot(x, batch.query_y.view(-1).cpu().numpy(), color="red", lw=2, label="ground truth")
+    x = batch.query_x.view(-1).float().cpu().numpy()
+    ax.plot(x, batch.query_y.view(-1).float().cpu().numpy(), color="red", lw=2, label="ground truth")
     styles = [":", "--", "-"]
     for key, style in zip(shown, styles[-len(shown):]):
         mse = (preds[key] - batch.query_y).square().mean().item()
         ax.plot(x, preds[key].view(-1).float().cpu().numpy(), style, color="green", label=f"{key} (MSE {mse:.3f})")
-    ax.scatter(sx.view(-1).numpy(), batch.support_y.view(-1).cpu().numpy(), marker="^", s=60, color="purple", zorder=3, label=f"{c.shots} support points")
+    ax.scatter(batch.support_x.view(-1).float().cpu().numpy(), batch.support_y.view(-1).float().cpu().numpy(),
+               marker="^", s=60, color="purple", zorder=3, label=f"{batch.support_x.shape[1]} support points")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.set_title(f"held-out task: A={amp.item():.2f}, phase={phase.item():.2f}")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))
 
 
-def plot_instance_curve(run_dir: Path, path: Path | None = None) -> Path | None:
-    """Test accuracy (± 95% CI) against the instance number k of the "instance k" keys of the run's
-    report.json -> instance_accuracy.png; None when the report has no such keys."""
+def numbered_settings(test: dict) -> tuple[str, list[tuple[int, dict]]] | None:
+    """The largest family of three or more settings that differ only in a number ("1 step",
+    "2 steps", ...; "instance 1", ...), as (its name, [(number, estimate)] sorted); else None."""
+    families: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for key, est in test.items():
+        if m := re.fullmatch(r"(\D*?)\s*(\d+)\s*(\D*)", key):
+            families.setdefault((m.group(1), m.group(3).rstrip("s")), []).append((int(m.group(2)), est))
+    if not families:
+        return None
+    (prefix, suffix), points = max(families.items(), key=lambda kv: len(kv[1]))
+    if len(points) < 3:
+        return None
+    return (prefix or suffix + "s").strip(), sorted(points, key=lambda p: p[0])
+
+
+def plot_settings_curve(run_dir: Path, path: Path | None = None) -> Path | None:
+    """The test metric (± 95% CI) against the number of :func:`numbered_settings` in the run's
+    report.json -> settings_curve.png; None when the report has no such family."""
     report = Path(run_dir) / "report.json"
     if not report.is_file():
         return None
-    test = json.loads(report.read_text())["test"]
-    points = sorted((int(m.group(1)), est) for key, est in test.items() if (m := re.fullmatch(r"instance (\d+)", key)))
-    if not points:
+    found = numbered_settings(json.loads(report.read_text())["test"])
+    if found is None:
         return None
+    name, points = found
+    metric = points[0][1]["metric"]
+    scale = 100 if metric == "accuracy" else 1
     ks = [k for k, _ in points]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(ks, [100 * e["mean"] for _, e in points], yerr=[100 * e["ci95"] for _, e in points], marker="o", capsize=3)
+    ax.errorbar(ks, [scale * e["mean"] for _, e in points], yerr=[scale * e["ci95"] for _, e in points], marker="o", capsize=3)
     for k, e in points:
-        ax.annotate(f"{100 * e['mean']:.1f}", (k, 100 * e["mean"]), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        ax.annotate(f"{scale * e['mean']:.3g}", (k, scale * e["mean"]), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=8)
     ax.set_xticks(ks)
-    ax.set_xlabel("instance (k-th presentation of a class in the episode)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_xlabel(name)
+    ax.set_ylabel("accuracy (%)" if metric == "accuracy" else metric)
+    if metric == "accuracy":
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{Path(run_dir).name}: accuracy by instance ({points[0][1]['episodes']} test episodes)")
-    return _save(fig, Path(path or Path(run_dir) / "instance_accuracy.png"))
+    ax.set_title(f"{Path(run_dir).name}: test {metric} by {name} ({points[0][1]['episodes']} tasks)")
+    return _save(fig, Path(path or Path(run_dir) / "settings_curve.png"))
 
 
-def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch.float32) -> list[Path]:
-    """Every figure that applies to this run; returns their paths."""
-    paths = [plot_training_curve(run_dir), plot_instance_curve(run_dir)]
-    if isinstance(test_tasks, Sinusoid):
-        paths.append(plot_sine_fit(learner, test_tasks, Path(run_dir) / "sine_fit.png", device=device, dtype=dtype))
+def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch.float32,
+                   validation_trained_on: bool = False, seed: int = 7) -> list[Path]:
+    """Every figure that applies to this run (module doc); returns their paths."""
+    paths = [plot_training_curve(run_dir, validation_trained_on=validation_trained_on), plot_settings_curve(run_dir)]
+    if hasattr(test_tasks, "curve_task"):
+        batch, title = test_tasks.curve_task(torch.Generator().manual_seed(seed))
+        paths.append(plot_fit(learner, batch, title, Path(run_dir) / "fit.png", device, dtype))
     return [p for p in paths if p is not None]
 
 

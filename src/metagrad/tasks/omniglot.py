@@ -86,6 +86,11 @@ class OmniglotConfig(EpisodeConfig):
     background_archives: list[str] = field(default_factory=lambda: ["images_background.zip"])
     evaluation_archives: list[str] = field(default_factory=lambda: ["images_evaluation.zip"])
 
+    @property
+    def validation_trained_on(self) -> bool:
+        """True when the "val" split's classes are training classes too (train_on="trainval")."""
+        return self.train_on == "trainval"
+
     def validate(self):
         super().validate()
         for prefix in ("", "eval_"):

@@ -53,6 +53,17 @@ class Sinusoid:
         """y = A sin(x - phase); x [B, N, 1], amp/phase [B] -> [B, N, 1]."""
         return amp[:, None, None] * torch.sin(x - phase[:, None, None])
 
+    def curve_task(self, generator: torch.Generator, points: int = 300) -> tuple[TaskBatch, str]:
+        """One task for a figure of the fitted curve: K random support points; as the query,
+        ``points`` inputs evenly over [x_min, x_max] with their true values (float64, B = 1);
+        and the task's description for the title."""
+        c = self.cfg
+        amp, phase = self.sample_params(1, generator)
+        sx = c.x_min + (c.x_max - c.x_min) * torch.rand(1, c.shots, 1, generator=generator, dtype=torch.float64)
+        grid = torch.linspace(c.x_min, c.x_max, points, dtype=torch.float64).view(1, -1, 1)
+        batch = TaskBatch(sx, self.target(sx, amp, phase), grid, self.target(grid, amp, phase))
+        return batch, f"held-out sine: A={amp.item():.2f}, phase={phase.item():.2f}"
+
     def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         c = self.cfg
         amp, phase = self.sample_params(batch_size, generator)
