@@ -91,6 +91,7 @@ class TrainConfig(HParams):
     log_every: int = positive(50)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = nonnegative(0)  # torch CPU threads; 0: chosen from the usable CPUs and the work (threads.py)
     dtype: str = choice("float32", ("float32", "float64"))
     task_chunk: int = nonnegative(0)  # tasks per backward pass; 0 = the whole meta-batch at once
     # torch.compile the learner's meta_loss with this mode; "reduce-overhead" adds CUDA graphs (performance.md)

@@ -36,6 +36,7 @@ from .logger import MetricLogger
 from .rundir import locked
 from .step import MetaStep
 from .tasks.batch import TaskBatch, TaskSpec
+from .threads import choose_threads
 
 VAL_SEED = 1001
 TEST_SEED = 2002
@@ -133,7 +134,7 @@ def require_finite(learner: MetaLearner, values: dict[str, float], iteration: in
 
 
 #: train settings that change speed or memory but not the mathematics; a resumed run may change them
-RESUMABLE_CHANGES = ("iterations", "device", "task_chunk", "compile")
+RESUMABLE_CHANGES = ("iterations", "device", "threads", "task_chunk", "compile")
 
 
 def _check_resume_config(cfg: Config, saved: dict) -> None:
@@ -165,8 +166,12 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
     writes ``run_dir`` and sends the run's config and checkpoint to the other ranks.
     Returns the report: final test-set estimates per evaluation key, timing and paths.
     """
-    with process_group(resolve_device(cfg.train.device)) as (ctx, device), ExitStack() as hold:
-        return _train(cfg, Path(run_dir), ctx, device, progress, log, hold)
+    threads = torch.get_num_threads()
+    try:
+        with process_group(resolve_device(cfg.train.device)) as (ctx, device), ExitStack() as hold:
+            return _train(cfg, Path(run_dir), ctx, device, progress, log, hold)
+    finally:
+        torch.set_num_threads(threads)  # the run's choice (threads.py) ends with it
 
 
 def saved_config(run_dir: Path) -> dict | None:
@@ -215,6 +220,13 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         raise ConfigError(f"train.meta_batch={tc.meta_batch} is less than the {ctx.world} processes; use at least one task per process")
 
     train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
+    if device.type == "cpu":
+        probe = train_tasks.sample(1, torch.Generator().manual_seed(0))  # one task: the work's size
+        work = (probe.support_x.numel() + probe.query_x.numel()) * ctx.local_tasks(tc.meta_batch)
+        threads, why = choose_threads(tc.threads, work)
+        torch.set_num_threads(threads)
+        if ctx.is_main:
+            log(f"  CPU threads: {threads} ({why})")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
     start, seconds_before = 0, 0.0  # seconds_before: training time of earlier segments of a resumed run
