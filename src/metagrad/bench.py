@@ -1,4 +1,5 @@
-"""`metagrad bench`: meta-iterations per second and peak memory of MAML's meta-step.
+"""`metagrad bench`: meta-iterations per second and peak memory of MAML's meta-step, and
+(``--learners``) of every registered learner's training iteration end to end.
 
 On the CPU every configuration runs in a fresh subprocess (``python -m metagrad.bench --worker
 SPEC``), so that its peak memory is its own: the process's peak resident set (``ru_maxrss``, which
@@ -7,8 +8,11 @@ gives the meta-step's footprint. On CUDA the peak is ``torch.cuda.max_memory_all
 reset, so configurations share one process, except compiled ones (a fresh process each). One iteration is
 what the training loop does per step: ``step.MetaStep`` (zero grads, the meta-gradient chunk by
 chunk, Adam) on a fixed synthetic batch of the right shape (data loading is benchmarked apart,
-benchmarks/bench_sampler.py). Times are wall clock; on a shared CPU also read the CPU-time
-column and the load average that the run records.
+benchmarks/bench_sampler.py). A ``--learners`` row is instead the loop's whole iteration on a
+preset of that learner (its quick one where there is one): draw the meta-batch from the
+preset's own task source, move it to the device, meta-step; its ``sample_ms_per_it`` is the
+drawing and moving alone. Times are wall clock; on a shared CPU also read the CPU-time column
+and the load average that the run records.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-GROUPS = ("omniglot", "sine", "chunk", "crossover", "compile", "incumbents")
+GROUPS = ("omniglot", "sine", "chunk", "crossover", "compile", "incumbents", "learners")
 #: libraries timed on the same workload when importable (never dependencies): name -> module
 INCUMBENTS = {"higher": "higher", "learn2learn": "learn2learn"}
 
@@ -49,6 +53,9 @@ class BenchConfig:
     task_chunk: int = 0
     checkpoint_inner: bool = False
     compile: str = ""  # "", or a torch.compile mode: "default", "reduce-overhead"
+    preset: str = ""  # group "learners": the preset whose training iteration is timed
+    sets: tuple[str, ...] = ()  # its --set overrides
+    data_dir: str = ""  # its task.data_dir, for tasks that read files
 
 
 def _omniglot(group, ways, shots, order, steps, executor, meta_batch=32, task_chunk=0, checkpoint_inner=False, compile="") -> BenchConfig:
@@ -81,6 +88,82 @@ def configs() -> list[BenchConfig]:
         out.append(_omniglot("incumbents", 5, 1, "so", 1, lib))
         out.append(BenchConfig(f"sine-so-1step-{lib}", "incumbents", "sine", 25, executor=lib))
     return out
+
+
+def learner_presets() -> dict[str, str]:
+    """Registered learner -> the preset that times it: of its presets whose task needs no
+    user folder, a "-quick" one, else a 5-way 1-shot one, else the first."""
+    from .config import load_preset, preset_names
+    from .registry import LEARNERS
+
+    found: dict[str, list[str]] = {}
+    for name in preset_names():
+        raw = load_preset(name)
+        if raw["task"]["name"] != "folder":  # needs --data folder:PATH
+            found.setdefault(raw["learner"]["name"], []).append(name)
+    rank = lambda p: (not p.endswith("quick"), "5w1s" not in p, p)  # noqa: E731
+    return {learner: min(found[learner], key=rank) for learner in LEARNERS.names() if learner in found}
+
+
+def learner_configs(names: str, sets: tuple[str, ...] = (), data_dir: str = "", compile: str = "") -> list[BenchConfig]:
+    """Rows of group "learners" for ``names`` ("all" or comma-separated learner names)."""
+    presets = learner_presets()
+    wanted = list(presets) if names == "all" else names.split(",")
+    unknown = [n for n in wanted if n not in presets]
+    if unknown:
+        raise ValueError(f"unknown learner {unknown[0]!r}; allowed: all, {', '.join(presets)}")
+    return [BenchConfig(f"{n}:{presets[n]}" + (f"-compile-{compile}" if compile else ""), "learners", "preset", 0,
+                        compile=compile, preset=presets[n], sets=tuple(sets), data_dir=data_dir) for n in wanted]
+
+
+def measure_preset(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
+    """Time the training loop's iteration on ``cfg.preset`` (module doc)."""
+    import torch
+
+    from .build import build_learner, build_task
+    from .config import load_config, reads_data_dir, with_data_dir
+    from .step import MetaStep
+    from .train import batch_to, iteration_generator, make_optimizer, seed_learner_rng
+
+    run = load_config(cfg.preset, [*cfg.sets, f"train.compile={cfg.compile or 'off'}"])
+    if cfg.data_dir and reads_data_dir(run):
+        run = with_data_dir(run, cfg.data_dir)
+    tc, dev, dtype = run.train, torch.device(device), getattr(torch, run.train.dtype)
+    tasks = build_task(run, "train")
+    learner = build_learner(run, tasks).to(dev, dtype)
+    optimizer, _ = make_optimizer(tc, learner.parameters())
+    step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, compile=tc.compile, log=lambda m: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sampling = [0.0]
+
+    def iteration(i: int) -> None:
+        t = time.perf_counter()
+        batch = batch_to(tasks.sample(tc.meta_batch, iteration_generator(tc.seed, 0, i)), dev, dtype)
+        sampling[0] += time.perf_counter() - t
+        seed_learner_rng(tc.seed, 0, i)
+        step(batch, tc.meta_batch)
+
+    rss_before = _max_rss_mb()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        iteration(i)
+    sync()
+    warmup_s, sampling[0] = time.perf_counter() - t0, 0.0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(warmup, warmup + iters):
+        iteration(i)
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = {"its_per_s": iters / wall, "ms_per_it": 1000 * wall / iters, "cpu_ms_per_it": 1000 * cpu / iters,
+              "sample_ms_per_it": 1000 * sampling[0] / iters, "warmup_s": warmup_s, "meta_batch": tc.meta_batch,
+              "auto_picks": "-"}
+    if dev.type == "cuda":
+        result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
+    return result
 
 
 def incumbent_step(lib: str, model, loss, inner_lr: float, steps: int, first_order: bool, optimizer, batch):
@@ -129,6 +212,8 @@ def _max_rss_mb() -> float:
 
 def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     """Time ``iters`` meta-steps after ``warmup`` ones (this process only; see run_in_subprocess)."""
+    if cfg.preset:
+        return measure_preset(cfg, device, iters, warmup)
     import torch
 
     from .learners.executors import resolve_executor
@@ -236,7 +321,8 @@ def _worker(spec: str) -> None:
     args = json.loads(spec)
     if args["threads"]:
         torch.set_num_threads(args["threads"])
-    print(json.dumps(measure(BenchConfig(**args["config"]), args["device"], args["iters"], args["warmup"])))
+    config = BenchConfig(**{**args["config"], "sets": tuple(args["config"]["sets"])})
+    print(json.dumps(measure(config, args["device"], args["iters"], args["warmup"])))
 
 
 # --------------------------------------------------------------------------- the table
@@ -313,7 +399,14 @@ def run(args) -> int:
         for c in configs():
             print(f"{c.group:<10} {c.name}")
         return 0
-    chosen = [c for c in configs() if c.group in groups and (not args.only or any(p in c.name for p in args.only))]
+    chosen = [c for c in configs() if c.group in groups - {"learners"}] if args.groups or not args.learners else []
+    if args.learners:
+        try:
+            chosen += learner_configs(args.learners, tuple(args.set or ()), str(args.data_dir or ""))
+        except ValueError as e:
+            print(f"metagrad bench: --learners: {e}", file=sys.stderr)
+            return 2
+    chosen = [c for c in chosen if not args.only or any(p in c.name for p in args.only)]
     if not chosen:
         print("metagrad bench: no configuration matches; see `metagrad bench --list`", file=sys.stderr)
         return 2
@@ -326,7 +419,7 @@ def run(args) -> int:
         chosen = [c for c in chosen if c.executor not in missing]
     rows = []
     for c in chosen:
-        if device.startswith("cuda") and not c.compile:
+        if args.same_process or (device.startswith("cuda") and not c.compile):
             r = {"name": c.name, "group": c.group, **measure_here(c, device, args.iters, args.warmup)}
         else:
             r = {"name": c.name, "group": c.group, **run_in_subprocess(c, device, args.iters, args.warmup, args.threads, args.timeout)}
@@ -355,6 +448,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=900, help="seconds before a configuration is abandoned")
     p.add_argument("--results", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
+    p.add_argument("--same-process", action="store_true", help="time every configuration in this process (quicker "
+                   "to start; on the CPU the memory columns are then not each configuration's own)")
+    p.add_argument("--learners", metavar="NAMES", help="time each learner's training iteration end to end on its quick "
+                   "preset: all, or comma-separated learner names (alone, or with --groups)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override of every --learners preset (repeatable)")
+    p.add_argument("--data-dir", help="task.data_dir of the --learners presets that read files (Omniglot)")
 
 
 if __name__ == "__main__":

@@ -30,19 +30,10 @@ def _fmt(est: dict) -> str:
 
 
 def _with_data_dir(cfg, args):
-    """``cfg`` with --data-dir as its task's ``data_dir``: the field a task that reads files
-    under a data folder has (whatever the task); refused in one line for a task without one."""
-    if not getattr(args, "data_dir", None):
-        return cfg
-    import dataclasses
+    """``cfg`` with --data-dir as its task's data folder, when given (config.with_data_dir)."""
+    from .config import with_data_dir
 
-    from .config import resolve
-
-    if "data_dir" not in {f.name for f in dataclasses.fields(cfg.task.hp)}:
-        raise MetagradError(f"--data-dir: the {cfg.task.name} task reads no data folder (it has no task.data_dir)")
-    raw = cfg.to_dict()
-    raw["task"]["data_dir"] = str(args.data_dir)
-    return resolve(raw)
+    return with_data_dir(cfg, args.data_dir) if getattr(args, "data_dir", None) else cfg
 
 
 def cmd_train(args) -> int:

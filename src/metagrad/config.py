@@ -295,5 +295,19 @@ def resolve(raw: dict) -> Config:
     )
 
 
+def reads_data_dir(cfg: Config) -> bool:
+    """Whether ``cfg``'s task reads files under a data folder (its config has ``data_dir``)."""
+    return "data_dir" in {f.name for f in dataclasses.fields(cfg.task.hp)}
+
+
+def with_data_dir(cfg: Config, data_dir: str) -> Config:
+    """``cfg`` with its task's ``data_dir`` set (ConfigError for a task without one)."""
+    if not reads_data_dir(cfg):
+        raise ConfigError(f"--data-dir: the {cfg.task.name} task reads no data folder (it has no task.data_dir)")
+    raw = cfg.to_dict()
+    raw["task"]["data_dir"] = str(data_dir)
+    return resolve(raw)
+
+
 def load_config(preset: str, overrides: list[str] = ()) -> Config:
     return resolve(apply_overrides(load_preset(preset), list(overrides)))
