@@ -42,13 +42,16 @@ def learner_grad(learner, batch) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in learner.model.named_parameters()}
 
 
-def test_linear_regression_meta_gradient_is_the_closed_form():
+@pytest.mark.parametrize("cg_damping,lam_damping", [(0.0, 0.0), (1.0, 10.0)], ids=["exact", "reference-damping"])
+def test_linear_regression_meta_gradient_is_the_closed_form(cg_damping, lam_damping):
     """L(w) = mean (Xw − y)²: φ* = (A + λI)⁻¹(λθ + b) with A = 2XᵀX/n, b = 2Xᵀy/n, and
-    dL_query(φ*)/dθ = λ(A + λI)⁻¹ ∇L_query(φ*) = (I + A/λ)⁻¹ ∇L_query(φ*)."""
+    dL_query(φ*)/dθ = λ(A + λI)⁻¹ ∇L_query(φ*) = (I + A/λ)⁻¹ ∇L_query(φ*); with damping c, d the
+    solve is ((1 + c) I + A/(λ + d))⁻¹ ∇L_query(φ*)."""
     torch.manual_seed(0)
     model = nn.Linear(3, 1, bias=False).double()
     lam = 1.5
-    hp = IMAMLConfig(inner_lr=0.1, inner_steps=400, lam=lam, cg_steps=3, executor="vmap")
+    hp = IMAMLConfig(inner_lr=0.1, inner_steps=400, lam=lam, cg_steps=3, executor="vmap", cg_damping=cg_damping,
+                     lam_damping=lam_damping)
     learner = IMAML(hp, model, "regression")
     batch = regression_batch()
     got = learner_grad(learner, batch)["weight"]
@@ -59,8 +62,33 @@ def test_linear_regression_meta_gradient_is_the_closed_form():
         A, b = 2 * X.T @ X / len(X), 2 * X.T @ y / len(X)
         phi = torch.linalg.solve(A + lam * torch.eye(3, dtype=torch.float64), lam * theta + b)
         grad_q = 2 * Xq.T @ (Xq @ phi - yq) / len(Xq)
-        want.append(lam * torch.linalg.solve(A + lam * torch.eye(3, dtype=torch.float64), grad_q))
+        matrix = (1 + cg_damping) * torch.eye(3, dtype=torch.float64) + A / (lam + lam_damping)
+        want.append(torch.linalg.solve(matrix, grad_q))
     torch.testing.assert_close(got, torch.stack(want).mean(0).reshape(1, 3), rtol=1e-8, atol=1e-10)
+
+
+def test_reference_inner_loop_descends_the_plain_loss_then_pulls_back():
+    """inner_prox=false: φ = θ + (1 − αλ)(φ_ls − θ), φ_ls the least-squares fit that plain gradient
+    descent from θ converges to; evaluation adapts on the plain loss, without the pull-back."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    alpha, lam = 0.1, 2.0
+    hp = IMAMLConfig(inner_lr=alpha, inner_steps=1000, eval_steps=1000, lam=lam, cg_steps=0, inner_prox=False)
+    learner = IMAML(hp, model, "regression")
+    batch = regression_batch()
+    got = learner_grad(learner, batch)["weight"]
+    theta = model.weight.detach().reshape(3, 1)
+    want, fits = [], []
+    for i in range(len(batch)):
+        X, y, Xq, yq = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        fit = torch.linalg.lstsq(X, y).solution
+        phi = theta + (1 - alpha * lam) * (fit - theta)
+        want.append(2 * Xq.T @ (Xq @ phi - yq) / len(Xq))
+        fits.append(Xq @ fit)
+    torch.testing.assert_close(got, torch.stack(want).mean(0).reshape(1, 3), rtol=1e-8, atol=1e-10)
+    with torch.no_grad():
+        preds = learner.eval_predictions(batch)["1000 steps"]
+    torch.testing.assert_close(preds, torch.stack(fits), rtol=1e-7, atol=1e-9)
 
 
 def test_meta_gradient_matches_finite_differences_through_the_converged_inner_loop():

@@ -14,6 +14,17 @@ solved by ``cg_steps`` steps of conjugate gradient on Hessian-vector products (H
 a fixed number of steps, so it vectorises over tasks). Memory is that of one inner step, not of
 the unrolled loop. ``first_order = true`` (or ``cg_steps = 0``) uses g = ∇L_query(φ*).
 
+The authors' code (aravindr93/imaml_dev) departs from this in two ways, both available here
+and both taken by the Omniglot presets, because the exact form does not learn there (docs/results.md):
+
+* ``inner_prox = false``: the inner steps minimise L_support alone (from θ), then one gradient
+  step on the proximal term pulls φ back towards θ, φ ← θ + (1 − α λ)(φ − θ); evaluation adapts
+  without the proximal term (the reference's test protocol, λ = 0). With λ = 2 in every step,
+  16 steps of α = 0.1 are unstable once H's largest eigenvalue passes 2/α − λ = 18, which it
+  does on Omniglot.
+* damping: the CG matrix is (1 + ``cg_damping``) I + H / (λ + ``lam_damping``) (reference:
+  1 and 10), positive definite where H is mildly indefinite; both 0 give the exact (I + H/λ).
+
 The meta-gradient is delivered through the one contract: ``meta_loss`` returns the surrogate
 Σ θ · sg(mean_i g_i), whose gradient in θ is mean_i g_i. Evaluation (MAML's) adapts with the
 same regularised inner loop.
@@ -43,6 +54,9 @@ class IMAMLConfig(MAMLConfig):
     eval_steps: int = nonnegative(16)
     lam: float = positive(2.0)  # λ, the proximal regularisation strength
     cg_steps: int = nonnegative(5)  # conjugate-gradient steps per task; 0: first order
+    inner_prox: bool = True  # λ/2‖φ − θ‖² in every inner step; false: the reference's pull-back step (module doc)
+    cg_damping: float = nonnegative(0.0)  # CG matrix (1 + cg_damping) I + H / (λ + lam_damping)
+    lam_damping: float = nonnegative(0.0)
 
     def validate(self):
         super().validate()
@@ -78,13 +92,22 @@ class IMAML(MAML):
 
     def inner_loss(self, params: Params, x: Tensor, y: Tensor, step: int, start: Params) -> tuple[Tensor, Tensor]:
         loss, pred = super().inner_loss(params, x, y, step, start)
+        if not self.hp.inner_prox:
+            return loss, pred
         prox = sum((params[k] - start[k]).square().sum() for k in self.adapted_names(params))
         return loss + 0.5 * self.hp.lam * prox, pred
 
+    def pulled_back(self, phi: Params, theta: Params) -> Params:
+        """φ after one step of lr α on λ/2‖φ − θ‖²: θ + (1 − α λ)(φ − θ) (``inner_prox = false``)."""
+        keep = 1 - self.hp.inner_lr * self.hp.lam
+        return {k: theta[k] + keep * (v - theta[k]) if k in self.adapted_names(phi) else v for k, v in phi.items()}
+
     def implicit_gradient(self, theta: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-        """One task: (query loss, query metric, g = (I + H/λ)⁻¹ ∇L_query(φ*)), g keyed like θ."""
+        """One task: (query loss, query metric, g = ((1 + cg_damping) I + H/(λ + lam_damping))⁻¹ ∇L_query(φ*)), g keyed like θ."""
         steps = self.hp.inner_steps
         (phi,), *_ = self.inner_loop(theta, lambda t: (sx, sy), steps, first_order=True, keep=(steps,))
+        if not self.hp.inner_prox:
+            phi = self.pulled_back(phi, theta)
         names = self.adapted_names(phi)
         rest = {k: v for k, v in phi.items() if k not in names}
         q_step = query_step(steps)
@@ -100,9 +123,11 @@ class IMAML(MAML):
 
             _, hvp = torch.func.vjp(support_grad, fast)  # H is symmetric: vᵀH = (Hv)ᵀ
 
+            shift, scale = 1 + self.hp.cg_damping, 1 / (self.hp.lam + self.hp.lam_damping)
+
             def matvec(v: Params) -> Params:
                 (hv,) = hvp(v)
-                return {k: v[k] + hv[k] / self.hp.lam for k in v}
+                return {k: shift * v[k] + scale * hv[k] for k in v}
 
             g = conjugate_gradient(matvec, g, self.hp.cg_steps)
         full = {k: g[k] if k in g else torch.zeros_like(v) for k, v in theta.items()}
