@@ -23,8 +23,9 @@ def pytest_collection_finish(session):
     from metagrad.errors import DataError
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
     try:
-        session.config.stash[DATA] = provide(lambda text: reporter.write_line(text))
+        session.config.stash[DATA] = provide(say)
     except DataError as e:
         pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
 
