@@ -116,6 +116,36 @@ def learner_configs(names: str, sets: tuple[str, ...] = (), data_dir: str = "", 
                         compile=compile, preset=presets[n], sets=tuple(sets), data_dir=data_dir) for n in wanted]
 
 
+def time_steps(step, iters: int, warmup: int, dev) -> dict:
+    """Run ``step(i)`` for i < warmup untimed, then ``iters`` times timed: speed, warm-up time and
+    peak memory (CUDA: allocated since a reset, warm-up included, where CUDA graphs allocate their
+    pool; CPU: the peak resident set and its growth over the run)."""
+    import torch
+
+    cuda = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+    rss_before = _max_rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        step(i)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(warmup, warmup + iters):
+        step(i)
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = {"its_per_s": iters / wall, "ms_per_it": 1000 * wall / iters, "cpu_ms_per_it": 1000 * cpu / iters,
+              "warmup_s": warmup_s}
+    if cuda:
+        result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
+    return result
+
+
 def measure_preset(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     """Time the training loop's iteration on ``cfg.preset`` (module doc)."""
     import torch
@@ -133,37 +163,18 @@ def measure_preset(cfg: BenchConfig, device: str, iters: int, warmup: int) -> di
     learner = build_learner(run, tasks).to(dev, dtype)
     optimizer, _ = make_optimizer(tc, learner.parameters())
     step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, compile=tc.compile, log=lambda m: None)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    sampling = [0.0]
+    sampling = {}  # iteration -> seconds drawing and moving its batch
 
     def iteration(i: int) -> None:
         t = time.perf_counter()
         batch = batch_to(tasks.sample(tc.meta_batch, iteration_generator(tc.seed, 0, i)), dev, dtype)
-        sampling[0] += time.perf_counter() - t
+        sampling[i] = time.perf_counter() - t
         seed_learner_rng(tc.seed, 0, i)
         step(batch, tc.meta_batch)
 
-    rss_before = _max_rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        iteration(i)
-    sync()
-    warmup_s, sampling[0] = time.perf_counter() - t0, 0.0
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(warmup, warmup + iters):
-        iteration(i)
-    sync()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    result = {"its_per_s": iters / wall, "ms_per_it": 1000 * wall / iters, "cpu_ms_per_it": 1000 * cpu / iters,
-              "sample_ms_per_it": 1000 * sampling[0] / iters, "warmup_s": warmup_s, "meta_batch": tc.meta_batch,
-              "auto_picks": "-"}
-    if dev.type == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
-    return result
+    result = time_steps(iteration, iters, warmup, dev)
+    timed = sum(s for i, s in sampling.items() if i >= warmup)
+    return {**result, "sample_ms_per_it": 1000 * timed / iters, "meta_batch": tc.meta_batch, "auto_picks": "-"}
 
 
 def incumbent_step(lib: str, model, loss, inner_lr: float, steps: int, first_order: bool, optimizer, batch):
@@ -245,12 +256,6 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
     learner = MAML(hp, model, kind).to(dev)
     batch = batch.to(dev)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    cuda = dev.type == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(dev)
-
     if incumbent:
         from .learners.base import task_loss
 
@@ -262,31 +267,8 @@ def measure(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:
         def step():
             meta_step(batch, cfg.meta_batch)
 
-    rss_before = _max_rss_mb()
-    if cuda:  # the peak includes the warm-up: CUDA graphs allocate their memory pool there
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(iters):
-        step()
-    sync()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    result = {
-        "its_per_s": iters / wall,
-        "ms_per_it": 1000 * wall / iters,
-        "cpu_ms_per_it": 1000 * cpu / iters,
-        "warmup_s": warmup_s,
-        "auto_picks": resolve_executor("auto", (batch.support_x, batch.query_x), (0, 0)),
-    }
-    if cuda:
-        result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        result["peak_mb"], result["step_mb"] = _max_rss_mb(), max(0.0, _max_rss_mb() - rss_before)
-    return result
+    result = time_steps(lambda i: step(), iters, warmup, dev)
+    return {**result, "auto_picks": resolve_executor("auto", (batch.support_x, batch.query_x), (0, 0))}
 
 
 def measure_here(cfg: BenchConfig, device: str, iters: int, warmup: int) -> dict:

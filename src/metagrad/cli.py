@@ -203,8 +203,7 @@ def cmd_plot(args) -> int:
     cfg, learner, _ = load_run(args.run, list(args.set or []))
     cfg = _with_data_dir(cfg, args)
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    trained_on = getattr(cfg.task.hp, "validation_trained_on", False)
-    for p in make_run_plots(run_dir, learner, build_task(cfg, "test"), validation_trained_on=trained_on):
+    for p in make_run_plots(run_dir, learner, build_task(cfg, "test"), task_config=cfg.task.hp):
         print(p)
     return 0
 
@@ -259,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench import add_arguments
 
-    p = sub.add_parser("bench", help="meta-iterations per second and peak memory of MAML (docs/performance.md)",
+    p = sub.add_parser("bench", help="iterations per second and peak memory of MAML and every learner (docs/performance.md)",
                        description="Time MAML's meta-step (one training iteration on a synthetic batch) per "
-                                   "configuration: iterations per second and peak memory, eager and compiled, "
-                                   "on the CPU or a GPU (docs/performance.md).")
+                                   "configuration, or with --learners each learner's whole training iteration on "
+                                   "its preset: iterations per second and peak memory, eager and compiled, on the "
+                                   "CPU or a GPU (docs/performance.md).")
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser

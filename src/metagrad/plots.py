@@ -95,15 +95,15 @@ def plot_training_curve(run_dir: Path, path: Path | None = None, validation_trai
 @torch.no_grad()
 def plot_fit(learner, batch: TaskBatch, title: str, path: Path, device="cpu", dtype=torch.float32) -> Path:
     """A 1-D regression task (B = 1; query = a sorted grid): its support points, the true curve
-    and the learner's prediction per evaluation setting (the first, second and last of more)."""
+    and the learner's prediction per evaluation setting (those of :func:`shown_settings`)."""
     batch = batch.to(device, dtype)
     preds = learner.eval_predictions(batch)
     keys = list(preds)
-    shown = [keys[0], keys[1], keys[-1]] if len(keys) > 2 else keys
+    shown = shown_settings(keys, getattr(learner, "headline", None))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = batch.query_x.view(-1).float().cpu().numpy()
     ax.plot(x, batch.query_y.view(-1).float().cpu().numpy(), color="red", lw=2, label="ground truth")
-    styles = [":", "--", "-"]
+    styles = [":", "-.", "--", "-"]
     for key, style in zip(shown, styles[-len(shown):]):
         mse = (preds[key] - batch.query_y).square().mean().item()
         ax.plot(x, preds[key].view(-1).float().cpu().numpy(), style, color="green", label=f"{key} (MSE {mse:.3f})")
@@ -160,10 +160,12 @@ def plot_settings_curve(run_dir: Path, path: Path | None = None) -> Path | None:
     return _save(fig, Path(path or Path(run_dir) / "settings_curve.png"))
 
 
-def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch.float32,
-                   validation_trained_on: bool = False, seed: int = 7) -> list[Path]:
-    """Every figure that applies to this run (module doc); returns their paths."""
-    paths = [plot_training_curve(run_dir, validation_trained_on=validation_trained_on), plot_settings_curve(run_dir)]
+def make_run_plots(run_dir: Path, learner, test_tasks, device="cpu", dtype=torch.float32, task_config=None,
+                   seed: int = 7) -> list[Path]:
+    """Every figure that applies to this run (module doc), ``task_config`` its task's
+    hyper-parameters; returns the figures' paths."""
+    trained_on = getattr(task_config, "validation_trained_on", False)
+    paths = [plot_training_curve(run_dir, validation_trained_on=trained_on), plot_settings_curve(run_dir)]
     if hasattr(test_tasks, "curve_task"):
         batch, title = test_tasks.curve_task(torch.Generator().manual_seed(seed))
         paths.append(plot_fit(learner, batch, title, Path(run_dir) / "fit.png", device, dtype))

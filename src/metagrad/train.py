@@ -357,8 +357,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
         from .plots import make_run_plots
 
-        trained_on = getattr(cfg.task.hp, "validation_trained_on", False)
-        report["plots"] = [str(p) for p in make_run_plots(run_dir, learner, test_tasks, device, dtype, trained_on)]
+        report["plots"] = [str(p) for p in make_run_plots(run_dir, learner, test_tasks, device, dtype, cfg.task.hp)]
     return broadcast_object(report, ctx)
 
 
