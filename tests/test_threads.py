@@ -52,10 +52,15 @@ def test_a_process_pinned_to_one_cpu_uses_one_thread():
     assert int(free.stdout.split()[0]) == len(os.sched_getaffinity(0))  # unpinned: every CPU it may use
 
 
-def test_train_threads_overrides_and_the_run_says_so(tmp_path):
-    before = torch.get_num_threads()
+def test_train_threads_overrides_and_the_run_says_so(tmp_path, monkeypatch):
+    from metagrad.step import MetaStep
+
+    before, during = torch.get_num_threads(), []
+    real_step = MetaStep.__call__
+    monkeypatch.setattr(MetaStep, "__call__", lambda self, *a: during.append(torch.get_num_threads()) or real_step(self, *a))
     lines = []
     train(load_config("sine-quick", ["train.iterations=2", "train.test_tasks=4", "train.threads=2"]), tmp_path / "r",
           progress=False, log=lines.append)
     assert "  CPU threads: 2 (train.threads)" in lines
+    assert during == [2, 2]  # the meta-steps ran with the chosen threads
     assert torch.get_num_threads() == before  # restored when the run ends
