@@ -373,3 +373,119 @@ def test_overlapping_archives_are_refused(shared_data, small_cache):
     cfg = small_cfg(shared_data, small_cache, background_archives=[SMALL1, "original/images_background_small2.zip"])
     with pytest.raises(DataError, match="character Greek/character01 is in both"):
         make_omniglot(cfg, "train")
+
+
+# --------------------------------------------------------------------------- Lake's one-shot challenge
+
+
+def lake_cfg(shared_data, cache, **kw) -> OmniglotConfig:
+    """The challenge's test episodes: 20-way 1-shot within one evaluation alphabet, two drawers."""
+    kw = {"split_scheme": "lake", "data_dir": str(shared_data), "cache_dir": str(cache), "download": False,
+          "ways": 20, "shots": 1, "queries": 1, "within_alphabet": "eval", "same_drawers": "eval",
+          "eval_rotate": False, **kw}
+    return OmniglotConfig(**kw)
+
+
+def alphabets_in(archive: Path) -> set[str]:
+    """The alphabets of an archive, read from its entry names (independently of the loader)."""
+    with zipfile.ZipFile(archive) as zf:
+        return {n.split("/")[1] for n in zf.namelist() if n.endswith(".png")}
+
+
+def test_challenge_episodes_are_within_one_alphabet_and_two_drawers(shared_data, full_cache):
+    src = make_omniglot(lake_cfg(shared_data, full_cache), "test")
+    data = src.dataset
+    assert data.n_classes == 659 and not any("rot" in n for n in data.class_names)  # no rotations at test time
+    s_ids, s_y, q_ids, q_y = src.sample_indices(400, torch.Generator().manual_seed(0))
+    seen, drawer_pairs = set(), set()
+    for t in range(400):
+        support, query = data.labels[s_ids[t]], data.labels[q_ids[t]]
+        assert len(set(support.tolist())) == 20 and set(query.tolist()) == set(support.tolist())
+        label_of = dict(zip(support.tolist(), s_y[t].tolist()))
+        assert [label_of[c] for c in query.tolist()] == q_y[t].tolist()  # a query's label is its support's
+        alphabets = {data.class_names[c].split("/")[0] for c in support.tolist()}
+        assert len(alphabets) == 1  # 20 characters of one alphabet
+        seen |= alphabets
+        s_drawers, q_drawers = set(data.sources[s_ids[t]].tolist()), set(data.sources[q_ids[t]].tolist())
+        assert len(s_drawers) == 1 and len(q_drawers) == 1 and s_drawers != q_drawers  # one drawer each, different
+        drawer_pairs.add((*s_drawers, *q_drawers))
+    assert seen == alphabets_in(shared_data / "omniglot" / "images_evaluation.zip")  # every alphabet is reached
+    assert len(drawer_pairs) > 150  # of the 380 ordered pairs of drawers
+
+    # a source is the drawing number _KK of the archive: compare a sampled image with its PNG
+    i = int(s_ids[0, 0])
+    char, kk = data.class_names[int(data.labels[i])], int(data.sources[i]) + 1
+    with zipfile.ZipFile(shared_data / "omniglot" / "images_evaluation.zip") as zf:
+        (entry,) = [n for n in zf.namelist() if n.startswith(f"images_evaluation/{char}/") and n.endswith(f"_{kk:02d}.png")]
+        png = Image.open(io.BytesIO(zf.read(entry))).convert("L").resize((28, 28), Image.Resampling.LANCZOS)
+    assert torch.equal(data.images[i, 0], 255 - torch.from_numpy(numpy_of(png)))
+
+    # training episodes stay random under "eval", and are drawn within an alphabet (and rotation) under "always"
+    def alphabets_per_episode(when: str) -> list[int]:
+        train = make_omniglot(lake_cfg(shared_data, full_cache, within_alphabet=when, queries=5), "train")
+        ids = train.sample_indices(50, torch.Generator().manual_seed(1))[0]
+        names = train.dataset.class_names
+        return [len({names[c].split("/")[0] + names[c][-7:] for c in train.dataset.labels[row].tolist()}) for row in ids]
+
+    assert min(alphabets_per_episode("eval")) > 5
+    assert set(alphabets_per_episode("always")) == {1}
+
+
+def numpy_of(image):
+    import numpy as np
+
+    return np.asarray(image).copy()
+
+
+def test_challenge_training_and_validation_never_see_the_evaluation_alphabets(shared_data, full_cache):
+    root = shared_data / "omniglot"
+    evaluation, background = alphabets_in(root / "images_evaluation.zip"), alphabets_in(root / "images_background.zip")
+    assert len(evaluation) == 20 and len(background) == 30
+    test_images = make_omniglot(lake_cfg(shared_data, full_cache, eval_rotate=None), "test").dataset.images
+    test_pixels = {x.numpy().tobytes() for x in test_images}  # every rotation of every evaluation drawing
+    for train_on in ("train", "trainval"):
+        for split in ("train", "val"):
+            data = make_omniglot(lake_cfg(shared_data, full_cache, train_on=train_on, within_alphabet="always"), split).dataset
+            alphabets = {n.split("/")[0] for n in data.class_names}
+            assert alphabets <= background and not alphabets & evaluation, (train_on, split)
+            assert {g.split("/")[0] for g in data.class_groups} == alphabets
+            assert not any(x.numpy().tobytes() in test_pixels for x in data.images), (train_on, split)
+            expected = {"train": background - set(omniglot.LAKE_VAL_ALPHABETS), "val": set(omniglot.LAKE_VAL_ALPHABETS)}
+            assert alphabets == (background if (train_on, split) == ("trainval", "train") else expected[split])
+
+
+def test_group_and_source_options_need_the_data_for_them():
+    n_classes, per_class = 10, 6
+    plain = ImageClassDataset(torch.zeros(n_classes * per_class, 1, 2, 2, dtype=torch.uint8),
+                              torch.arange(n_classes).repeat_interleave(per_class), [f"c{i}" for i in range(n_classes)])
+    with pytest.raises(ConfigError, match="has no class groups"):
+        EpisodeSampler(plain, 5, 1, 1, within_group=True)
+    with pytest.raises(ConfigError, match="does not record who made each image"):
+        EpisodeSampler(plain, 5, 1, 1, shared_sources=True)
+    grouped = ImageClassDataset(plain.images, plain.labels, plain.class_names, class_groups=["a"] * 4 + ["b"] * 6,
+                                sources=torch.arange(per_class).repeat(n_classes))
+    with pytest.raises(ConfigError, match=r"7-way tasks within one group need a group of 7 classes, but the largest group of dataset \(b\) has 6"):
+        EpisodeSampler(grouped, 7, 1, 1, within_group=True)
+    src = EpisodeSampler(grouped, 5, 2, 1, within_group=True, shared_sources=True)
+    s_ids, _, q_ids, _ = src.sample_indices(300, torch.Generator().manual_seed(0))
+    assert set(grouped.labels[s_ids].flatten().tolist()) == set(range(4, 10))  # only group b has 5 classes
+    for s, q in zip(grouped.sources[s_ids], grouped.sources[q_ids]):
+        assert len(set(s.tolist())) == 2 and len(set(q.tolist())) == 1 and not set(s.tolist()) & set(q.tolist())
+    again = EpisodeSampler(grouped, 5, 2, 1, within_group=True, shared_sources=True)
+    assert all(map(torch.equal, again.sample_indices(300, torch.Generator().manual_seed(0)),
+                   src.sample_indices(300, torch.Generator().manual_seed(0))))  # the same seed, the same tasks
+    twice = ImageClassDataset(plain.images, plain.labels, plain.class_names, sources=torch.arange(per_class).repeat(n_classes) // 2)
+    with pytest.raises(DataError, match="every class needs exactly one image from each of its 3 sources"):
+        EpisodeSampler(twice, 5, 1, 1, shared_sources=True)
+
+
+def test_polarity_is_flipped_only_for_line_drawings_on_the_other_ground(shared_data, full_cache):
+    from metagrad.tasks.images import opposite_polarity
+
+    assert make_omniglot(lake_cfg(shared_data, full_cache), "test").background == 0.0  # light strokes on black
+    paper = torch.full((4, 1, 28, 28), 255, dtype=torch.uint8)
+    paper[:, :, 10:14] = 0  # dark strokes on white
+    photos = torch.randint(40, 200, (4, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert opposite_polarity(0.0, paper) and opposite_polarity(1.0, 255 - paper)
+    assert not opposite_polarity(0.0, 255 - paper) and not opposite_polarity(1.0, paper)
+    assert not opposite_polarity(0.0, photos) and not opposite_polarity(0.45, paper) and not opposite_polarity(None, paper)

@@ -60,9 +60,11 @@ def test_adapt_predicts_a_users_query_folder(trained_run, shared_data, tmp_path,
     run, _ = trained_run
     support, query = user_folders(shared_data, tmp_path)
     out, sheet = tmp_path / "pred.csv", tmp_path / "sheet.png"
-    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--invert", "--predictions", str(out), "--sheet", str(sheet)])
-    printed = capsys.readouterr().out
-    assert code == 0
+    # raw Omniglot PNGs are dark on white, the model was trained on light on dark: no flag needed
+    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--predictions", str(out), "--sheet", str(sheet)])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0 and "inverting pixel values" in captured.err
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 15 and {r["true"] for r in rows} == {f"char{c}" for c in range(5)}
     accuracy = sum(r["predicted"] == r["true"] for r in rows) / len(rows)
@@ -73,6 +75,13 @@ def test_adapt_predicts_a_users_query_folder(trained_run, shared_data, tmp_path,
     assert sheet.read_bytes()[:4] == b"\x89PNG"
     code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--predictions", str(tmp_path / "p.json")])
     assert code == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 15
+    capsys.readouterr()
+    # kept as they are, the same drawings are classified far worse: the automatic inversion is what helped
+    code = main(["adapt", str(run), "--support", str(support), "--query", str(query), "--polarity", "keep",
+                 "--predictions", str(tmp_path / "kept.csv")])
+    kept = list(csv.DictReader((tmp_path / "kept.csv").open()))
+    assert code == 0 and "inverting" not in capsys.readouterr().err
+    assert sum(r["predicted"] == r["true"] for r in kept) / len(kept) < accuracy - 0.2, kept
 
 
 def test_adapt_rejects_bad_folders(trained_run, shared_data, tmp_path, capsys):

@@ -123,7 +123,7 @@ def cmd_adapt(args) -> int:
     from .io import atomic_write_text
     from .tasks.batch import TaskSpec
     from .tasks.folder import check_class_count, load_query_folder, load_support_folder
-    from .tasks.images import as_float
+    from .tasks.images import as_float, opposite_polarity
     from .train import load_run
 
     if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".json"):
@@ -138,9 +138,16 @@ def cmd_adapt(args) -> int:
         check_class_count(support.n_classes, learner.fixed_ways)
     query = load_query_folder(args.query, size, channels)
 
+    invert = args.polarity == "invert" or (args.polarity == "auto" and opposite_polarity(spec.background, support.images))
+    if invert and args.polarity == "auto":
+        print(f"inverting pixel values: {args.support} is dark on light, the model was trained light on dark"
+              if spec.background < 0.5 else
+              f"inverting pixel values: {args.support} is light on dark, the model was trained dark on light",
+              file=sys.stderr)
+
     def pixels(images):
         x = as_float(images)
-        return 1.0 - x if args.invert else x
+        return 1.0 - x if invert else x
 
     learner.eval()
     with torch.no_grad():
@@ -244,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, help="require at least this many images per support class (default 1)")
     p.add_argument("--predictions", metavar="FILE", help="write predictions to FILE.csv or FILE.json (default: print them)")
     p.add_argument("--sheet", metavar="FILE", help="also draw the query images with their predicted labels to this PNG")
-    p.add_argument("--invert", action="store_true", help="invert pixel values (dark strokes on light paper -> Omniglot's light-on-dark)")
+    p.add_argument("--polarity", choices=("auto", "keep", "invert"), default="auto",
+                   help="auto (default): invert pixel values when the support images are line drawings of the "
+                        "opposite polarity to the training images (dark ink on white for an Omniglot model); "
+                        "keep: never; invert: always")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("presets", help="list presets")

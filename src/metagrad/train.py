@@ -228,6 +228,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         if ctx.is_main:
             log(f"  CPU threads: {threads} ({why})")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
+    task_spec = TaskSpec.of(train_tasks).to_dict()
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
     start, seconds_before = 0, 0.0  # seconds_before: training time of earlier segments of a resumed run
     if state is not None:
@@ -259,7 +260,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     "learner": learner.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "task_spec": TaskSpec.of(train_tasks).to_dict(),
+                    "task_spec": task_spec,
                     "world_size": ctx.world,
                     "train_seconds": seconds_before + time.time() - t0,
                 },

@@ -57,13 +57,17 @@ class TaskSpec:
     kind: str
     input_shape: tuple[int, ...]
     n_outputs: int
+    background: float | None = None  # median training pixel in [0, 1] (image sources only)
 
     @staticmethod
     def of(source) -> "TaskSpec":
-        return TaskSpec(source.kind, tuple(source.input_shape), int(source.n_outputs))
+        background = getattr(source, "background", None)
+        return TaskSpec(source.kind, tuple(source.input_shape), int(source.n_outputs),
+                        None if background is None else float(background))
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "input_shape": list(self.input_shape), "n_outputs": self.n_outputs}
+        return {"kind": self.kind, "input_shape": list(self.input_shape), "n_outputs": self.n_outputs,
+                "background": self.background}
 
 
 class TaskSource(Protocol):

@@ -18,6 +18,9 @@ class ImageClassDataset:
 
     images: uint8 [N, C, H, W] (0..255)    labels: long [N] in 0..len(class_names)-1
     class_names: one name per class; paths: optional source file of each image.
+    class_groups: optional group of each class (e.g. its alphabet), for episodes within a group.
+    sources: optional long [N], who made each image (e.g. its drawer), for episodes whose
+    support and query come from different sources.
     Classes may hold different numbers of images.
     """
 
@@ -25,6 +28,8 @@ class ImageClassDataset:
     labels: Tensor
     class_names: list[str]
     paths: list[str] | None = None
+    class_groups: list[str] | None = None
+    sources: Tensor | None = None
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -33,6 +38,10 @@ class ImageClassDataset:
             raise ValueError(f"labels must be [N={len(self.images)}], got {tuple(self.labels.shape)}")
         if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.class_names):
             raise ValueError(f"labels must lie in 0..{len(self.class_names) - 1}")
+        if self.class_groups is not None and len(self.class_groups) != len(self.class_names):
+            raise ValueError(f"class_groups must name one group per class ({len(self.class_names)}), got {len(self.class_groups)}")
+        if self.sources is not None and self.sources.shape != self.labels.shape:
+            raise ValueError(f"sources must be [N={len(self.images)}], got {tuple(self.sources.shape)}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,6 +58,16 @@ class ImageClassDataset:
 def as_float(images: Tensor) -> Tensor:
     """uint8 images -> float32 in [0, 1], same shape."""
     return images.to(torch.float32).mul_(1.0 / 255.0)
+
+
+def opposite_polarity(background: float | None, images: Tensor) -> bool:
+    """True when uint8 ``images`` are line drawings whose ground is the opposite of a training
+    set's ``background`` (its median pixel in [0, 1]): both grounds plain (median within 0.1 of
+    black or white) and on different sides. Photographs (a mid-grey median) are never flipped."""
+    if background is None or 0.1 < background < 0.9:
+        return False
+    ground = float(images.flatten().median()) / 255.0
+    return (ground >= 0.9) if background <= 0.1 else (ground <= 0.1)
 
 
 def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Tensor:
@@ -101,14 +120,22 @@ class EpisodeSampler:
         support_x float32 [B, N*K, C, H, W] in [0, 1]    support_y long [B, N*K] in 0..N-1
         query_x   float32 [B, N*Q, C, H, W] in [0, 1]    query_y   long [B, N*Q]
 
+    ``within_group``: the N classes of a task are drawn from one group of
+    ``dataset.class_groups`` (e.g. one alphabet), the group uniformly among those with at least
+    N classes. ``shared_sources``: every class's support comes from the same K sources and its
+    queries from Q other sources (``dataset.sources``, e.g. drawers; each class must have
+    exactly one image per source) — Lake et al.'s one-shot runs, with K = Q = 1.
+
     All randomness comes from the generator passed to :meth:`sample` and the whole batch is
     drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
-    with B·N·(largest class size) for the choice of images within each class.
+    with B·N·(largest class size) for the choice of images within each class (B·classes
+    within a group).
     """
 
     kind = "classification"
 
-    def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset"):
+    def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset",
+                 within_group: bool = False, shared_sources: bool = False):
         if ways > dataset.n_classes:
             n = dataset.n_classes
             allowed = f"allowed: 2..{n}" if n >= 2 else "episodes need at least 2 classes"
@@ -130,6 +157,47 @@ class EpisodeSampler:
         self._order = torch.argsort(dataset.labels, stable=True)  # image ids grouped by class
         self._starts = torch.cumsum(counts, 0) - counts  # first position of each class in _order
         self._max_count = int(counts.max())
+        self.within_group, self.shared_sources = within_group, shared_sources
+        if within_group:
+            self._group_of, self._groups = self._group_ids(dataset, ways, name)
+        if shared_sources:
+            self._by_source = self._source_table(dataset, name)  # K+Q <= images per class = sources
+
+    @staticmethod
+    def _group_ids(dataset: ImageClassDataset, ways: int, name: str) -> tuple[Tensor, Tensor]:
+        """(group id of each class [n_classes], ids of the groups with >= ``ways`` classes)."""
+        if dataset.class_groups is None:
+            raise ConfigError(f"{name} has no class groups, so its episodes cannot be drawn within one group")
+        names = sorted(set(dataset.class_groups))
+        group_of = torch.tensor([names.index(g) for g in dataset.class_groups])
+        sizes = torch.bincount(group_of, minlength=len(names))
+        eligible = torch.nonzero(sizes >= ways).flatten()
+        if not len(eligible):
+            big = int(sizes.argmax())
+            raise ConfigError(f"{ways}-way tasks within one group need a group of {ways} classes, but the largest "
+                              f"group of {name} ({names[big]}) has {int(sizes[big])}")
+        return group_of, eligible
+
+    @staticmethod
+    def _source_table(dataset: ImageClassDataset, name: str) -> Tensor:
+        """Image id of each (class, source), long [n_classes, n_sources]."""
+        if dataset.sources is None:
+            raise ConfigError(f"{name} does not record who made each image, so support and query cannot be drawn from different sources")
+        n_sources = int(dataset.sources.max()) + 1
+        cell = dataset.labels * n_sources + dataset.sources
+        if not bool((torch.bincount(cell, minlength=dataset.n_classes * n_sources) == 1).all()):
+            raise DataError(f"{name}: every class needs exactly one image from each of its {n_sources} sources")
+        table = torch.empty(dataset.n_classes * n_sources, dtype=torch.long)
+        table[cell] = torch.arange(len(cell))
+        return table.view(dataset.n_classes, n_sources)
+
+    @property
+    def background(self) -> float:
+        """The median pixel value in [0, 1] over (a sample of) the images: near 0 for light
+        strokes on a dark ground, near 1 for dark ink on white, in between for photographs."""
+        images = self.dataset.images
+        sample = images[:: max(1, len(images) // 512)]
+        return float(sample.flatten().median()) / 255.0
 
     def to(self, device) -> "EpisodeSampler":
         """Keep the images on ``device`` (e.g. a GPU) so batches are gathered there."""
@@ -140,12 +208,21 @@ class EpisodeSampler:
         """Image ids and labels of a batch: support ids/labels [B, N*K], query ids/labels [B, N*Q]."""
         B, N, K, Q = batch_size, self.ways, self.shots, self.queries
         # A random ordered subset of N classes per task; label j is the class in column j.
-        classes = random_subsets(B, len(self._counts), N, generator)
-        # K+Q distinct positions inside each chosen class (padding beyond a class's size never wins).
-        scores = torch.rand(B, N, self._max_count, generator=generator, dtype=torch.float64)
-        scores.masked_fill_(torch.arange(self._max_count) >= self._counts[classes][..., None], -1.0)
-        pos = scores.argsort(dim=-1, descending=True)[..., : K + Q]  # [B, N, K+Q]
-        ids = self._order[self._starts[classes][..., None] + pos]
+        if self.within_group:  # one eligible group per task, then N of its classes in random order
+            group = self._groups[torch.randint(len(self._groups), (B,), generator=generator)]
+            scores = torch.rand(B, len(self._counts), generator=generator, dtype=torch.float64)
+            scores.masked_fill_(self._group_of != group[:, None], -1.0)
+            classes = scores.argsort(dim=1, descending=True)[:, :N]
+        else:
+            classes = random_subsets(B, len(self._counts), N, generator)
+        if self.shared_sources:  # K+Q distinct sources per task, the same for all its classes
+            sources = random_subsets(B, self._by_source.shape[1], K + Q, generator)
+            ids = self._by_source[classes[..., None], sources[:, None, :]]  # [B, N, K+Q]
+        else:  # K+Q distinct positions inside each chosen class (padding beyond a class's size never wins)
+            scores = torch.rand(B, N, self._max_count, generator=generator, dtype=torch.float64)
+            scores.masked_fill_(torch.arange(self._max_count) >= self._counts[classes][..., None], -1.0)
+            pos = scores.argsort(dim=-1, descending=True)[..., : K + Q]  # [B, N, K+Q]
+            ids = self._order[self._starts[classes][..., None] + pos]
         labels = torch.arange(N).view(1, N, 1).expand(B, N, K + Q)
 
         def shuffled(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

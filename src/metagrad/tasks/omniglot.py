@@ -31,6 +31,14 @@ Splits (every split's classes are characters, times four rotations when ``rotate
 
 ``train_on="trainval"`` trains on train+val (the MAML paper's 1200 characters); the "val"
 split is then made of training classes, so its accuracy is optimistic.
+
+Lake et al.'s original one-shot challenge (20-way 1-shot within one evaluation alphabet, the
+support image and the query image by different people) is ``split_scheme="lake"``,
+``within_alphabet="eval"``, ``same_drawers="eval"``, ``eval_rotate=false``, 20 ways, 1 shot,
+1 query (``metagrad eval RUN --set task.within_alphabet=eval ...`` on any Lake-split run).
+The drawer of a drawing is its number ``_KK`` in the archive (each character's 20 drawings are
+by 20 different people); ``same_drawers`` takes every support image of an episode from one
+drawing number and every query from another, as the challenge's 20 runs do.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise, as Pillow's Image.ro
 LAKE_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
 CACHE_FORMAT = 1
 SPLITS = ("train", "val", "test")
+WHEN = ("never", "eval", "always")  # which splits an episode option applies to
 
 
 @dataclass
@@ -78,6 +87,10 @@ class OmniglotConfig(EpisodeConfig):
     split_scheme: str = choice("vinyals", ("vinyals", "lake"))
     train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
+    eval_rotate: bool | None = None  # rotations in val/test; None: as rotate
+    # "never", "eval" (val/test episodes only) or "always":
+    within_alphabet: str = choice("never", WHEN)  # the N characters of an episode come from one alphabet (and rotation)
+    same_drawers: str = choice("never", WHEN)  # all support images by the same K drawers, all queries by Q others
     image_size: int = positive(28)
     data_dir: str | None = None  # archives in <data_dir>/omniglot/; None: $METAGRAD_DATA or ~/.cache/metagrad
     cache_dir: str | None = None  # preprocessed tensors; None: beside the archives, or the user cache if read-only
@@ -315,15 +328,19 @@ def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
         raise DataError(f"the Omniglot {cfg.split_scheme} {split} split has no characters in the given archives")
     names = sorted(chars)
     images = torch.stack([chars[n] for n in names])
-    rotations = ROTATIONS if cfg.rotate else (0,)
+    rotate = cfg.rotate if split == "train" or cfg.eval_rotate is None else cfg.eval_rotate
+    rotations = ROTATIONS if rotate else (0,)
     # [chars, R, 20, S, S]: counter-clockwise rotations, each its own class
     images = torch.stack([torch.rot90(images, r // 90, dims=(-2, -1)) for r in rotations], dim=1)
-    class_names = [f"{n}/rot{r:03d}" if cfg.rotate else n for n in names for r in rotations]
+    suffixes = [f"/rot{r:03d}" if rotate else "" for r in rotations]
+    class_names = [n + x for n in names for x in suffixes]
     n_classes = len(class_names)
     return ImageClassDataset(
         images.reshape(n_classes * DRAWINGS, 1, cfg.image_size, cfg.image_size),
         torch.arange(n_classes).repeat_interleave(DRAWINGS),
         class_names,
+        class_groups=[n.split("/")[0] + x for n in names for x in suffixes],  # a rotated alphabet is its own group
+        sources=torch.arange(DRAWINGS).repeat(n_classes),  # drawing number _01.._20: the drawer
     )
 
 
@@ -331,4 +348,10 @@ def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
 def make_omniglot(cfg: OmniglotConfig, split: str) -> EpisodeSampler:
     """Omniglot N-way K-shot character classification (Vinyals or Lake split, 28x28, rotations)."""
     data = omniglot_dataset(cfg, split)
-    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the Omniglot {cfg.split_scheme} {split} split")
+    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the Omniglot {cfg.split_scheme} {split} split",
+                          within_group=applies(cfg.within_alphabet, split), shared_sources=applies(cfg.same_drawers, split))
+
+
+def applies(when: str, split: str) -> bool:
+    """Whether an option set to ``when`` ("never", "eval", "always") applies to ``split``."""
+    return when == "always" or (when == "eval" and split != "train")
