@@ -20,8 +20,10 @@ _API = {
     "MAML": "learners",
     "MAMLConfig": "learners",
     "MetaLearner": "learners",
+    "ProtoNet": "learners",
     "Sinusoid": "tasks",
     "TaskBatch": "tasks",
+    "few_shot_splits": "tasks",
 }
 
 __all__ = list(_API)

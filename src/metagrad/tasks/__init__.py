@@ -2,6 +2,7 @@
 
 from .batch import TaskBatch, TaskSource
 from .sinusoid import Sinusoid, SinusoidConfig
+from .wrapped import few_shot_splits
 from . import folder, omniglot  # noqa: F401,E402  (registers "omniglot" and "folder")
 
-__all__ = ["TaskBatch", "TaskSource", "Sinusoid", "SinusoidConfig"]
+__all__ = ["TaskBatch", "TaskSource", "Sinusoid", "SinusoidConfig", "few_shot_splits"]
