@@ -11,6 +11,7 @@ from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.models.mlp import MLPConfig, make_mlp
 from metagrad.models.norm import BatchNorm
+from metagrad.models.resnet12 import ResNet12, ResNet12Config
 from helpers import DEVICE, directional_fd, image_batch, sine_batch, tiny_model
 
 ALPHA = 0.05
@@ -85,11 +86,17 @@ def bn_conv():
     return Conv4(Conv4Config(channels=8, blocks=2, downsample="max"), 1, 3).double().to(DEVICE)
 
 
+def tiny_resnet12():
+    torch.manual_seed(3)
+    return ResNet12(ResNet12Config(widths=[3, 4, 4, 5]), 1, 3).double().to(DEVICE)
+
+
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize(
     "make_model,make_batch,kind",
-    [(tiny_model, sine_batch, "regression"), (bn_mlp, sine_batch, "regression"), (bn_conv, image_batch, "classification")],
-    ids=["mlp", "mlp-batchnorm", "conv-batchnorm"],
+    [(tiny_model, sine_batch, "regression"), (bn_mlp, sine_batch, "regression"), (bn_conv, image_batch, "classification"),
+     (tiny_resnet12, lambda: image_batch(size=16), "classification")],
+    ids=["mlp", "mlp-batchnorm", "conv-batchnorm", "resnet12"],
 )
 def test_vectorised_executor_equals_per_task_loop(steps, make_model, make_batch, kind):
     batch = make_batch()
@@ -124,3 +131,19 @@ def test_meta_gradient_matches_central_finite_differences(first_order):
         agrees = abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic))
         # FOMAML drops the Hessian term, so it is not the meta-loss's gradient in any direction
         assert agrees != first_order, (fd, analytic)
+
+
+def test_resnet12_shapes_and_bad_input():
+    from metagrad.errors import ConfigError
+    from metagrad.registry import MODELS
+
+    entry = MODELS.get("resnet12")
+    net = entry.factory(ResNet12Config(), (3, 84, 84), None)  # RGB 84x84, MetaOptNet's widths
+    assert net(torch.rand(2, 3, 84, 84)).shape == (2, 640)
+    # by hand: 3x3 and 1x1 convolutions 12,414,848 + BatchNorm 9,472 (MetaOptNet: 12.4M)
+    assert sum(p.numel() for p in net.parameters()) == 12_414_848 + 9_472
+    assert entry.factory(ResNet12Config(widths=[2, 3, 4, 5]), (1, 16, 16), 7)(torch.rand(4, 1, 16, 16)).shape == (4, 7)
+    with pytest.raises(ConfigError, match=r"needs \[C, H, W\] images of at least 16x16 .* got \[1, 8, 8\]"):
+        entry.factory(ResNet12Config(), (1, 8, 8), 5)
+    with pytest.raises(ConfigError, match=r"model.widths=\[64, 160\]: expected four widths"):
+        ResNet12Config(widths=[64, 160])
