@@ -64,7 +64,7 @@ def opposite_polarity(background: float | None, images: Tensor) -> bool:
     """True when uint8 ``images`` are line drawings whose ground is the opposite of a training
     set's ``background`` (its median pixel in [0, 1]): both grounds plain (median within 0.1 of
     black or white) and on different sides. Photographs (a mid-grey median) are never flipped."""
-    if background is None or 0.1 < background < 0.9:
+    if not isinstance(background, (int, float)) or 0.1 < background < 0.9:  # None: not recorded
         return False
     ground = float(images.flatten().median()) / 255.0
     return (ground >= 0.9) if background <= 0.1 else (ground <= 0.1)
@@ -169,7 +169,8 @@ class EpisodeSampler:
         if dataset.class_groups is None:
             raise ConfigError(f"{name} has no class groups, so its episodes cannot be drawn within one group")
         names = sorted(set(dataset.class_groups))
-        group_of = torch.tensor([names.index(g) for g in dataset.class_groups])
+        index = {g: i for i, g in enumerate(names)}
+        group_of = torch.tensor([index[g] for g in dataset.class_groups])
         sizes = torch.bincount(group_of, minlength=len(names))
         eligible = torch.nonzero(sizes >= ways).flatten()
         if not len(eligible):
