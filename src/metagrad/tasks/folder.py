@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
-from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape
+from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
@@ -187,4 +187,5 @@ def make_folder(cfg: FolderConfig, split: str) -> EpisodeSampler:
             else f"{cfg.path}: no classes left for training; lower task.val_fraction / task.test_fraction"
         )
     data = load_class_folders(dirs, cfg.image_size, cfg.channels)
-    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the {split} split of {cfg.path}")
+    return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the {split} split of {cfg.path}",
+                          augment=split_augment(cfg, split))

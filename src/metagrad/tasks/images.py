@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import HParams, nonnegative, positive
+from ..config import HParams, choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from .batch import TaskBatch
 
@@ -94,6 +97,8 @@ class EpisodeConfig(HParams):
     eval_ways: int = nonnegative(0)
     eval_shots: int = nonnegative(0)
     eval_queries: int = nonnegative(0)
+    # training images distorted at random ("affine": Koch et al. 2015's small affine maps); never val/test
+    augment: str = choice("none", ("none", "affine"))
 
     def validate(self) -> None:
         for key in ("ways", "eval_ways"):
@@ -107,6 +112,41 @@ def episode_shape(cfg: EpisodeConfig, split: str) -> tuple[int, int, int]:
     if split == "train":
         return cfg.ways, cfg.shots, cfg.queries
     return cfg.eval_ways or cfg.ways, cfg.eval_shots or cfg.shots, cfg.eval_queries or cfg.queries
+
+
+def split_augment(cfg: EpisodeConfig, split: str) -> str:
+    """The augmentation of ``split``: ``cfg.augment`` in training, "none" in val/test."""
+    return cfg.augment if split == "train" else "none"
+
+
+#: Koch, Zemel & Salakhutdinov (2015), Sec. 4.2: each component applies with probability 1/2
+AFFINE_RANGES = {"rotation_deg": 10.0, "shear": 0.3, "scale": 0.2, "translate_px_at_105": 2.0}
+
+
+def random_affine_maps(M: int, generator: torch.Generator) -> Tensor:
+    """M random affine maps of Koch et al. (2015), as ``F.affine_grid``'s theta float64 [M, 2, 3]
+    (output -> input, coordinates -1..1 across the image): rotation in ±10°, shears ρx, ρy in
+    ±0.3, scales sx, sy in 1 ± 0.2, translations in ±2 px at 105 px (±1.9 % of the side), each of
+    the seven components present with probability 1/2."""
+    u = torch.rand(M, 7, generator=generator, dtype=torch.float64) * 2 - 1  # [-1, 1]
+    u = u * (torch.rand(M, 7, generator=generator, dtype=torch.float64) < 0.5)
+    r = AFFINE_RANGES
+    angle = u[:, 0] * math.radians(r["rotation_deg"])
+    one = torch.ones(M, dtype=torch.float64)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.stack([torch.stack([one, u[:, 1] * r["shear"]], -1), torch.stack([u[:, 2] * r["shear"], one], -1)], -2)
+    scale = torch.diag_embed(1 + u[:, 3:5] * r["scale"])
+    shift = u[:, 5:] * (2 * r["translate_px_at_105"] / 105)  # the coordinates span 2 per side
+    return torch.cat([rot @ shear @ scale, shift[..., None]], -1)
+
+
+def warp(images: Tensor, theta: Tensor) -> Tensor:
+    """images float [M, C, H, W] resampled bilinearly through ``theta`` [M, 2, 3] (output ->
+    input coordinates, as ``F.affine_grid``), edge pixels extended -> [M, C, H, W]."""
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class EpisodeSampler:
@@ -125,6 +165,8 @@ class EpisodeSampler:
     N classes. ``shared_sources``: every class's support comes from the same K sources and its
     queries from Q other sources (``dataset.sources``, e.g. drawers; each class must have
     exactly one image per source) — Lake et al.'s one-shot runs, with K = Q = 1.
+    ``augment="affine"``: every support and query image is warped by its own
+    :func:`random_affine_maps` distortion, drawn from the same generator after the indices.
 
     All randomness comes from the generator passed to :meth:`sample` and the whole batch is
     drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
@@ -135,7 +177,9 @@ class EpisodeSampler:
     kind = "classification"
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset",
-                 within_group: bool = False, shared_sources: bool = False):
+                 within_group: bool = False, shared_sources: bool = False, augment: str = "none"):
+        if augment not in ("none", "affine"):
+            raise ConfigError(f"augment={augment!r} is not allowed; allowed: none, affine")
         if ways > dataset.n_classes:
             n = dataset.n_classes
             allowed = f"allowed: 2..{n}" if n >= 2 else "episodes need at least 2 classes"
@@ -157,7 +201,7 @@ class EpisodeSampler:
         self._order = torch.argsort(dataset.labels, stable=True)  # image ids grouped by class
         self._starts = torch.cumsum(counts, 0) - counts  # first position of each class in _order
         self._max_count = int(counts.max())
-        self.within_group, self.shared_sources = within_group, shared_sources
+        self.within_group, self.shared_sources, self.augment = within_group, shared_sources, augment
         if within_group:
             self._group_of, self._groups = self._group_ids(dataset, ways, name)
         if shared_sources:
@@ -240,6 +284,9 @@ class EpisodeSampler:
         dev = images.device
 
         def gather(ids: Tensor) -> Tensor:  # index_select is much faster than images[ids] on CPU
-            return as_float(images.index_select(0, ids.flatten().to(dev)).view(*ids.shape, *self.input_shape))
+            x = as_float(images.index_select(0, ids.flatten().to(dev)))
+            if self.augment == "affine":
+                x = warp(x, random_affine_maps(len(x), generator))
+            return x.view(*ids.shape, *self.input_shape)
 
         return TaskBatch(gather(s_ids), s_y.to(dev), gather(q_ids), q_y.to(dev))

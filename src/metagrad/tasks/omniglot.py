@@ -66,7 +66,7 @@ from ..config import choice, positive
 from ..errors import ConfigError, DataError
 from ..io import atomic_write
 from ..registry import TASKS
-from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape
+from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
 
 DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 MD5 = {
@@ -349,7 +349,8 @@ def make_omniglot(cfg: OmniglotConfig, split: str) -> EpisodeSampler:
     """Omniglot N-way K-shot character classification (Vinyals or Lake split, 28x28, rotations)."""
     data = omniglot_dataset(cfg, split)
     return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the Omniglot {cfg.split_scheme} {split} split",
-                          within_group=applies(cfg.within_alphabet, split), shared_sources=applies(cfg.same_drawers, split))
+                          within_group=applies(cfg.within_alphabet, split), shared_sources=applies(cfg.same_drawers, split),
+                          augment=split_augment(cfg, split))
 
 
 def applies(when: str, split: str) -> bool:

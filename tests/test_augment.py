@@ -1,0 +1,76 @@
+"""Training-time affine augmentation (Koch et al. 2015): the warp against Pillow's, the maps'
+ranges, and the sampler applying it to training episodes only, reproducibly."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metagrad.config import build_dataclass
+from metagrad.errors import ConfigError
+from metagrad.tasks.folder import FolderConfig, make_folder
+from metagrad.tasks.images import EpisodeSampler, ImageClassDataset, random_affine_maps, warp
+
+import pytest
+
+from test_folder import make_classes
+
+
+def test_warp_matches_pillows_affine_transform():
+    """An independent resampler: Pillow's AFFINE transform (pixel-centre coordinates) with the
+    map converted from affine_grid's [-1, 1] coordinates must give the same pixels."""
+    W = 40
+    theta = random_affine_maps(8, torch.Generator().manual_seed(0))
+    images = torch.zeros(8, 1, W, W, dtype=torch.float64)
+    images[:, :, 8:32, 8:32] = torch.rand(8, 1, 24, 24, generator=torch.Generator().manual_seed(1))
+    out = warp(images, theta)
+    for i in range(8):
+        (a, b, c), (d, e, f) = theta[i].tolist()
+        data = (a, b, W / 2 * (c + 1 - a - b), d, e, W / 2 * (f + 1 - d - e))
+        pil = Image.fromarray(images[i, 0].numpy().astype(np.float32), mode="F")
+        expected = np.asarray(pil.transform((W, W), Image.AFFINE, data=data, resample=Image.BILINEAR))
+        np.testing.assert_allclose(out[i, 0].numpy(), expected, atol=1e-6)
+        assert (out[i] - images[i]).abs().max() > 0.05 or torch.allclose(theta[i], torch.eye(2, 3, dtype=theta.dtype))
+
+
+def test_affine_maps_stay_in_koch_et_al_ranges():
+    M = 20000
+    theta = random_affine_maps(M, torch.Generator().manual_seed(0))
+    shift = theta[:, :, 2]
+    assert shift.abs().max() <= 4 / 105 + 1e-12  # ±2 px at 105 px in coordinates spanning 2
+    assert 0.7 < (shift == 0).all(1).double().mean() / 0.25 < 1.3  # both translations off: p = 1/4
+    identity = (theta == torch.eye(2, 3, dtype=theta.dtype)).flatten(1).all(1).double().mean()
+    assert 0.5 < identity * 128 < 1.5  # all seven components off: p = 1/128
+    det = torch.linalg.det(theta[:, :, :2])  # rotation 1, shear 1 - ρx ρy, scales sx sy
+    assert det.min() >= 0.8**2 * (1 - 0.09) - 1e-9 and det.max() <= 1.2**2 * (1 + 0.09) + 1e-9
+
+
+def toy_dataset(classes: int = 6, per_class: int = 4, size: int = 16) -> ImageClassDataset:
+    g = torch.Generator().manual_seed(3)
+    images = torch.zeros(classes * per_class, 1, size, size, dtype=torch.uint8)
+    blocks = torch.randint(0, 256, (classes * per_class, 1, 4, 4), generator=g, dtype=torch.uint8)
+    images[:, :, 4:12, 4:12] = blocks.repeat_interleave(2, 2).repeat_interleave(2, 3)  # 2x2-pixel cells
+    return ImageClassDataset(images, torch.arange(classes).repeat_interleave(per_class), [f"c{i}" for i in range(classes)])
+
+
+def test_augmented_episodes_keep_their_images_and_labels_and_repeat():
+    data = toy_dataset()
+    plain = EpisodeSampler(data, 3, 1, 2).sample(50, torch.Generator().manual_seed(0))
+    sampler = EpisodeSampler(data, 3, 1, 2, augment="affine")
+    aug = sampler.sample(50, torch.Generator().manual_seed(0))
+    assert torch.equal(aug.support_y, plain.support_y) and torch.equal(aug.query_y, plain.query_y)
+    diff = (aug.query_x - plain.query_x).abs().flatten(1).amax(1)
+    assert (diff > 0.02).double().mean() > 0.9  # almost every image is distorted ...
+    other = EpisodeSampler(data, 3, 1, 2).sample(50, torch.Generator().manual_seed(1))  # other images
+    assert (aug.query_x - plain.query_x).abs().mean() < 0.6 * (other.query_x - plain.query_x).abs().mean()  # a small map
+    again = sampler.sample(50, torch.Generator().manual_seed(0))
+    assert torch.equal(again.query_x, aug.query_x) and torch.equal(again.support_x, aug.support_x)
+    with pytest.raises(ConfigError, match="augment='flip'"):
+        EpisodeSampler(data, 3, 1, 2, augment="flip")
+
+
+def test_a_task_augments_its_training_split_only(tmp_path):
+    root = make_classes(tmp_path / "classes", {f"class{c:02d}": 4 for c in range(10)})
+    cfg = build_dataclass(FolderConfig, {"path": str(root), "ways": 2, "shots": 1, "queries": 1, "augment": "affine"}, "task")
+    assert [make_folder(cfg, s).augment for s in ("train", "val", "test")] == ["affine", "none", "none"]
+    with pytest.raises(ConfigError, match="augment"):
+        build_dataclass(FolderConfig, {"path": str(root), "augment": "rotate"}, "task")
