@@ -27,7 +27,7 @@ from metagrad.config import load_config, load_preset, preset_names
 from metagrad.registry import LEARNERS
 from metagrad.step import MetaStep
 from metagrad.tasks.batch import TaskBatch
-from metagrad.tasks.images import EpisodeSampler, ImageClassDataset, episode_shape
+from metagrad.tasks.images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape
 from metagrad.build import build_task
 
 
@@ -38,9 +38,9 @@ def presets_of(learner: str) -> list[str]:
 
 
 def tiny_task(cfg, seed: int):
-    """The preset's task if it needs no files (sinusoids), else random images in its episode
+    """The preset's task if it needs no files (not image episodes), else random images in its episode
     shape: 8 classes of 6 images."""
-    if cfg.task.name == "sinusoid":
+    if not isinstance(cfg.task.hp, EpisodeConfig):  # sinusoids, quadratics: no files
         return build_task(cfg, "train")
     ways, shots, _ = episode_shape(cfg.task.hp, "train")
     size = getattr(cfg.task.hp, "image_size", 28)

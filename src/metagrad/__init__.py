@@ -17,6 +17,7 @@ _API = {
     "build_learner": "build",
     "build_task": "build",
     "evaluate": "evaluation",
+    "LearnedOptimizer": "optim",
     "MAML": "learners",
     "MAMLConfig": "learners",
     "MetaLearner": "learners",

@@ -4,6 +4,7 @@ from .anil import ANIL
 from .base import MetaLearner
 from .imaml import IMAML, IMAMLConfig
 from .knn import KNN, KNNConfig
+from .lstm_optimizer import LSTMOptimizer, LSTMOptimizerConfig
 from .maml import MAML, MAMLConfig
 from .mamlpp import MAMLPlusPlus, MAMLPPConfig
 from .mann import MANN, MANNConfig
@@ -14,4 +15,4 @@ from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "LSTMOptimizer", "LSTMOptimizerConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
