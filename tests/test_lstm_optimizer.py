@@ -223,3 +223,24 @@ def test_from_run_loads_a_trained_optimizer_and_refuses_other_learners(tmp_path)
     with pytest.raises(ConfigError, match="not a learned optimizer"):
         LearnedOptimizer.from_run(model.parameters(), tmp_path / "maml")
 
+
+
+def test_compare_optimizers_tunes_each_baseline_and_plots(tmp_path):
+    from metagrad.optim import compare_optimizers
+    from metagrad.plots import plot_loss_curves
+
+    learner = tiny_learner()
+    tune, test = quadratic_batch(tasks=8, seed=1), quadratic_batch(tasks=8, seed=2)
+    grid = (1e-3, 1e-2, 1e-1, 1e3)  # 1e3 diverges on every task
+    result = compare_optimizers(learner, tune, test, steps=2 * T, grid=grid)
+    assert list(result) == ["learned (LSTM)", "SGD", "momentum", "RMSprop", "Adam"]
+    for name, r in result.items():
+        assert r["curves"].shape == (2 * T + 1, 8)
+        if name != "learned (LSTM)":
+            assert r["lr"] in grid[:3]  # never the diverging rate
+            final = {lr: optimizee_curves(learner, tune, lambda p: BASELINES[name](p, lr), T, 0)[-1].mean() for lr in grid}
+            assert final[r["lr"]] == min(final.values())
+    sgd = optimizee_curves(learner, test, lambda p: BASELINES["SGD"](p, 1e3), 60, 0)
+    assert torch.isinf(sgd[-1]).all()  # diverged tasks read as inf from then on
+    path = plot_loss_curves({k: r["curves"] for k, r in result.items()} | {"SGD at 1e3": sgd}, tmp_path / "c.png", "t", T)
+    assert path.stat().st_size > 10_000

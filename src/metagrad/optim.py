@@ -120,3 +120,16 @@ def tune_learning_rates(learner: LSTMOptimizer, batch: TaskBatch, steps: int, se
         finals = {lr: optimizee_curves(learner, batch, lambda p: make(p, lr), steps, seed)[-1].mean().item() for lr in grid}
         best[name] = min(finals, key=finals.get)
     return best
+
+
+def compare_optimizers(learner: LSTMOptimizer, tune: TaskBatch, test: TaskBatch, steps: int, seed: int = 0,
+                       baselines: dict = BASELINES, grid: tuple[float, ...] = LR_GRID) -> dict[str, dict]:
+    """The learned optimizer against each baseline at its best learning rate of ``grid`` (tuned on
+    ``tune``'s tasks at the learner's trained horizon T), all trained for ``steps`` steps on
+    ``test``'s tasks from the same θ_0 and mini-batches.
+    -> {name: {"lr": float | None, "curves": f(θ_t) float64 [steps + 1, tasks]}}."""
+    lrs = tune_learning_rates(learner, tune, learner.hp.train_steps, seed, baselines, grid)
+    out = {"learned (LSTM)": {"lr": None, "curves": optimizee_curves(learner, test, lambda p: LearnedOptimizer(p, learner.net), steps, seed)}}
+    for name, make in baselines.items():
+        out[name] = {"lr": lrs[name], "curves": optimizee_curves(learner, test, lambda p: make(p, lrs[name]), steps, seed)}
+    return out

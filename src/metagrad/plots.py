@@ -198,3 +198,31 @@ def plot_contact_sheet(images: torch.Tensor, predicted: list[str], probability: 
     fig.suptitle(legend, fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_loss_curves(curves: dict[str, torch.Tensor], path: Path, title: str, horizon: int | None = None) -> Path:
+    """Mean training loss against step, ± a 95 % confidence interval of the mean over tasks, one
+    line per optimizer (curves: name -> [steps + 1, tasks]; a diverged task's inf entries are left
+    out of the mean and counted in the legend); a dotted line at ``horizon`` (the trained length)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, c in curves.items():
+        c = c.double()
+        finite = torch.isfinite(c)
+        n = finite.sum(1).clamp_min(1)
+        mean = torch.where(finite.any(1), torch.where(finite, c, 0.0).sum(1) / n, torch.nan)  # nan: every task diverged
+        var = torch.where(finite, (c - mean[:, None]).square(), 0.0).sum(1) / (n - 1).clamp_min(1)
+        half = 1.96 * (var / n).sqrt()
+        steps = torch.arange(len(c))
+        diverged = int((~finite[-1]).sum())
+        label = name + (f" ({diverged} of {c.shape[1]} diverged)" if diverged else "")
+        (line,) = ax.plot(steps, mean, label=label, lw=1.5)
+        ax.fill_between(steps, (mean - half).clamp_min(1e-12), mean + half, color=line.get_color(), alpha=0.2, lw=0)
+    if horizon is not None:
+        ax.axvline(horizon, color="gray", ls=":", lw=1)
+        ax.text(horizon, 0.98, " trained horizon", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="gray")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizee step")
+    ax.set_ylabel("training loss (mean over tasks, 95 % CI)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -9,10 +9,11 @@ from .maml import MAML, MAMLConfig
 from .mamlpp import MAMLPlusPlus, MAMLPPConfig
 from .mann import MANN, MANNConfig
 from .matching import MatchingConfig, MatchingNet
+from .meta_lstm import MetaLSTM, MetaLSTMConfig
 from .metanet import MetaNet, MetaNetConfig
 from .metasgd import MetaSGD
 from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "LSTMOptimizer", "LSTMOptimizerConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "LSTMOptimizer", "LSTMOptimizerConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaLSTM", "MetaLSTMConfig", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]

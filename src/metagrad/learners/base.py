@@ -48,6 +48,14 @@ def metric_name(kind: str) -> str:
     return "accuracy" if kind == "classification" else "mse"
 
 
+def with_head_ways(learner: "MetaLearner", task) -> "MetaLearner":
+    """Mark a learner whose model ends in one output per class of ``task`` as serving only tasks
+    with that many classes (``fixed_ways``); regression learners are returned unchanged."""
+    if task.kind == "classification":
+        learner.fixed_ways = task.n_outputs
+    return learner
+
+
 class MetaLearner(nn.Module):
     """Base class. Subclasses implement ``adapt``; the default ``meta_loss`` is the mean query loss
     of the adapted base learner, differentiated by autograd."""

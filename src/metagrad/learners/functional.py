@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .base import MetaLearner, task_loss, task_metric
+from .base import MetaLearner, task_loss, task_metric, with_head_ways
 from .executors import map_tasks
 from .inner_optim import make_inner_optimizer
 
@@ -56,10 +56,7 @@ class FunctionalLearner(MetaLearner):
     @classmethod
     def for_task(cls, hp, build_model, task):
         """The learner over a backbone with one output per class (or target dim) of ``task``."""
-        learner = cls(hp, build_model(task.n_outputs), task.kind)
-        if task.kind == "classification":
-            learner.fixed_ways = task.n_outputs  # the head has one output per class
-        return learner
+        return with_head_ways(cls(hp, build_model(task.n_outputs), task.kind), task)
 
     @staticmethod
     def step_label(steps: int) -> str:

@@ -36,7 +36,7 @@ from torch.func import functional_call
 from ..config import HParams, choice, nonnegative, positive
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, metric_name, task_loss, task_metric
+from .base import MetaLearner, metric_name, task_loss, task_metric, with_head_ways
 from .executors import EXECUTORS, map_tasks
 
 Params = dict[str, Tensor]
@@ -225,7 +225,4 @@ class LSTMOptimizer(MetaLearner):
 @LEARNERS.register("lstm-optimizer", LSTMOptimizerConfig)
 def make_lstm_optimizer(hp: LSTMOptimizerConfig, build_model, task) -> LSTMOptimizer:
     """A learned optimizer (Andrychowicz et al. 2016): a coordinate-wise LSTM trains each task's model from scratch."""
-    learner = LSTMOptimizer(hp, build_model(task.n_outputs), task.kind)
-    if task.kind == "classification":
-        learner.fixed_ways = task.n_outputs
-    return learner
+    return with_head_ways(LSTMOptimizer(hp, build_model(task.n_outputs), task.kind), task)
