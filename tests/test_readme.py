@@ -28,3 +28,9 @@ def test_readme_example_runs_as_written():
 def test_readme_own_data_example_runs_as_written():
     (line,) = run_example(1)
     assert re.fullmatch(r"\d+\.\d+% ± \d+\.\d+%", line), line  # accuracy ± 95% CI
+
+
+def test_readme_learned_optimizer_example_runs_as_written():
+    lines = run_example(2)
+    first, last = (float(line.rsplit(" ", 1)[1]) for line in lines)
+    assert last < 0.5 * first, lines  # the meta-trained LSTM optimises a new quadratic
