@@ -50,8 +50,10 @@ def cosine_read_weights(keys: Tensor, memory: Tensor, sharpness: float = 1.0, ep
 
 
 def least_used(usage: Tensor, n: int) -> Tensor:
-    """usage [B, M] -> w_lu [B, M]: 1 at the n smallest usages, 0 elsewhere."""
-    idx = usage.topk(n, dim=-1, largest=False).indices
+    """usage [B, M] -> w_lu [B, M]: 1 at the n smallest usages, 0 elsewhere; ties (the empty slots
+    all have one usage) go to the lowest slot numbers, so a task's choice never depends on the
+    other tasks in its batch (topk breaks ties differently for different batch sizes)."""
+    idx = usage.sort(dim=-1, stable=True).indices[..., :n]
     return torch.zeros_like(usage).scatter_(-1, idx, 1.0)
 
 
