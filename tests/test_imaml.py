@@ -1,6 +1,6 @@
 """iMAML: conjugate gradient against a direct solve, the implicit meta-gradient against the
 closed form of a quadratic problem and against finite differences through a converged inner
-loop (float64), and a short learning run."""
+loop (float64), and a short learning run on real Omniglot."""
 
 import pytest
 import torch
@@ -8,7 +8,9 @@ from torch import nn
 
 from metagrad.learners.imaml import IMAML, IMAMLConfig, conjugate_gradient
 from metagrad.tasks import TaskBatch
-from test_learning import sine_adaptation
+from metagrad.config import load_config
+from metagrad.train import train
+from small_omniglot import SMALL_SETS, last_val
 
 
 def spd(n=6, seed=0):
@@ -130,7 +132,21 @@ def test_first_order_drops_the_implicit_correction():
     assert not torch.allclose(exact["weight"], first["weight"], rtol=1e-3)
 
 
-def test_imaml_sine_learns(tmp_path):
-    pre, post = sine_adaptation(tmp_path, ["learner.name=imaml", "learner.inner_lr=0.01", "learner.inner_steps=5",
-                                           "learner.lam=0.5", "learner.cg_steps=3"], steps=5)
-    assert post < 0.6 * pre, (pre, post)
+def test_imaml_learns_omniglot_5way_1shot(tmp_path, shared_data, omniglot_cache):
+    """The Omniglot preset's iMAML (the reference's pull-back and damped CG), narrowed to a test's
+    time: 100 meta-batches of 8, 16 channels, 5 inner steps. Measured on the held-out alphabet
+    (200 tasks): 2 steps 0.643 and 5 steps 0.773 after training, 0.487 and 0.668 untrained (the
+    5 steps of lr 0.1 alone fit a random network's head well, so both settings are asked).
+
+    On sinusoids iMAML does not learn reliably: meta-training raises the support Hessian's top
+    eigenvalue (to 240-390 measured) until the inner loop is unstable (2/α − λ), and its
+    negative eigenvalues (to −60) make I + H/λ indefinite for λ < 60; the exact-proximal sine
+    run this test replaced reached 0.51-0.78 of the pre-adaptation MSE by seed and CPU, and
+    λ = 100 or the damped variant diverged (docs/results.md)."""
+    cfg = load_config("imaml-omniglot-5w1s", [*SMALL_SETS(shared_data, omniglot_cache), "model.channels=16",
+                                              "learner.inner_steps=5", "learner.eval_steps=5", "train.iterations=100",
+                                              "train.meta_batch=8", "train.eval_every=0", "train.eval_tasks=200",
+                                              "train.test_tasks=10"])
+    train(cfg, tmp_path / "run", progress=False)
+    assert last_val(tmp_path / "run", "2_steps") > 0.57  # chance 0.2
+    assert last_val(tmp_path / "run", "5_steps") > 0.72
