@@ -77,3 +77,18 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path, cap
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["learner"]["first_order"] is True and cfg["train"]["iterations"] == 7 and cfg["preset"] == "fomaml-sine"
     assert not out.exists()
+
+
+def test_a_new_component_name_drops_the_keys_only_the_old_one_knew():
+    """--set model.name=cnn on a Conv-4 preset keeps channels (cnn has it) and drops downsample
+    (conv4's alone); a key the user sets is still checked, and so is any key while the name stays."""
+    cfg = load_config("omniglot-quick", ["model.name=cnn", 'model.ops=["sep3x3", "skip"]'])
+    assert cfg.model.name == "cnn" and cfg.model.hp.channels == 32 and cfg.model.hp.ops == ["sep3x3", "skip"]
+    with pytest.raises(ConfigError, match="unknown key model.downsample"):
+        load_config("omniglot-quick", ["model.name=cnn", "model.downsample=max"])
+    with pytest.raises(ConfigError, match="unknown key model.ops"):
+        load_config("omniglot-quick", ['model.ops=["skip"]'])
+    # the same rule when a preset renames its base's component (darts over maml's conv4 preset)
+    assert "downsample" in load_preset("maml-omniglot-5w1s")["model"]
+    assert "downsample" not in load_preset("darts-omniglot-5w1s")["model"]
+    assert load_config("darts-omniglot-5w1s").model.name == "search-cnn"

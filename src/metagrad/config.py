@@ -233,12 +233,24 @@ def _read_preset(name: str) -> dict:
         raise ConfigError(f"preset {name!r} is not valid TOML: {e}") from None
 
 
+def _renamed(section: str, values: dict, before: dict, explicit) -> dict:
+    """A section's ``values`` after its component may have been renamed from ``before``'s: when the
+    name changed, the keys the new component does not know are dropped, unless ``explicit`` (set
+    together with the new name) lists them. So ``--set model.name=cnn`` on a Conv-4 preset keeps
+    ``channels`` and drops ``downsample``."""
+    if section not in SECTIONS or "name" not in values or values["name"] == before.get("name"):
+        return values
+    known = {f.name for f in dataclasses.fields(SECTIONS[section].get(str(values["name"])).hparams)}
+    return {k: v for k, v in values.items() if k == "name" or k in known or k in explicit}
+
+
 def merge(base: dict, child: dict) -> dict:
-    """``child`` over ``base``: sections are merged key by key, other values replaced."""
+    """``child`` over ``base``: sections are merged key by key (a section whose component the child
+    renames keeps only the base's keys that the new component knows), other values replaced."""
     out = json.loads(json.dumps(base))  # deep copy
     for key, value in child.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+            out[key] = _renamed(key, {**out[key], **value}, out[key], value)
         else:
             out[key] = value
     return out
@@ -260,8 +272,11 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings to a raw (unvalidated) config dict."""
+    """Apply ``section.key=value`` strings to a raw (unvalidated) config dict; a new component name
+    drops the keys of the old one that the new one does not know (:func:`_renamed`)."""
+    before = raw
     raw = json.loads(json.dumps(raw))  # deep copy
+    explicit: dict[str, set[str]] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.iterations=500")
@@ -273,6 +288,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             )
         section, name = parts
         raw.setdefault(section, {})[name] = _parse_literal(value.strip())
+        explicit.setdefault(section, set()).add(name)
+    for section, keys in explicit.items():
+        raw[section] = _renamed(section, raw[section], before.get(section, {}), keys)
     return raw
 
 
