@@ -75,6 +75,9 @@ def cmd_train(args) -> int:
         + (f" ({report['world_size']} processes)" if report["world_size"] > 1 else ""))
     say(f"held-out test tasks ({cfg.task.name}):")
     _print_estimates(report["test"], report["headline"], report.get("trained_setting"), out=say)
+    for key, value in report["learner"].items():
+        if not isinstance(value, dict):
+            say(f"{key.replace('_', ' ')}: {', '.join(value) if isinstance(value, list) else value}")
     say(f"run directory: {out}")
     for p in report.get("plots", []):
         say(f"  plot: {p}")

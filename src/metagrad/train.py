@@ -351,6 +351,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         "headline": learner.headline,
         "trained_setting": learner.trained_setting,
         "test": {k: e.to_dict() for k, e in est.items()},
+        "learner": learner.report(),
     }
     if ctx.is_main:
         logger.log(tc.iterations, "test", {k.replace(" ", "_"): e.mean for k, e in est.items()})

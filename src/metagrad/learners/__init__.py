@@ -2,6 +2,7 @@
 
 from .anil import ANIL
 from .base import MetaLearner
+from .darts import DARTS, DARTSConfig
 from .imaml import IMAML, IMAMLConfig
 from .knn import KNN, KNNConfig
 from .lstm_optimizer import LSTMOptimizer, LSTMOptimizerConfig
@@ -16,4 +17,4 @@ from .protonet import ProtoNet, ProtoNetConfig
 from .reptile import Reptile, ReptileConfig
 from .snail import SNAIL, SNAILConfig
 
-__all__ = ["ANIL", "MetaLearner", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "LSTMOptimizer", "LSTMOptimizerConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaLSTM", "MetaLSTMConfig", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]
+__all__ = ["ANIL", "MetaLearner", "DARTS", "DARTSConfig", "IMAML", "IMAMLConfig", "KNN", "KNNConfig", "LSTMOptimizer", "LSTMOptimizerConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPPConfig", "MANN", "MANNConfig", "MatchingConfig", "MatchingNet", "MetaLSTM", "MetaLSTMConfig", "MetaNet", "MetaNetConfig", "MetaSGD", "ProtoNet", "ProtoNetConfig", "Reptile", "ReptileConfig", "SNAIL", "SNAILConfig"]

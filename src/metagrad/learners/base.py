@@ -97,6 +97,11 @@ class MetaLearner(nn.Module):
             (loss * weight).backward()
         return stats
 
+    def report(self) -> dict:
+        """JSON-able facts about the trained learner that report.json records under "learner" and
+        ``metagrad train`` prints (values that are not dicts), e.g. a searched architecture. Default: none."""
+        return {}
+
     def task_sums(self) -> list[Tensor]:
         """Tensors ``meta_loss`` adds per-task contributions into, summed over ranks by the step
         before ``end_meta_step`` (default: none)."""

@@ -66,6 +66,11 @@ class FunctionalLearner(MetaLearner):
         """θ: the backbone's parameters (a variant's own meta-parameters, such as step sizes, are not in it)."""
         return dict(self.model.named_parameters())
 
+    def report(self) -> dict:
+        """What the backbone says of itself through its own ``report()``, if it has one (a search network: its architecture)."""
+        describe = getattr(self.model, "report", None)
+        return describe() if describe is not None else {}
+
     # ------------------------------------------------------------------ hooks
 
     def adapted_names(self, params: Params) -> list[str]:
