@@ -1,15 +1,18 @@
 """MAML++: the multi-step loss weights against hand-computed values, reduction to MAML with its
 additions off, meta-gradients of the step sizes, per-step norm weights and the backbone
 against central finite differences (float64), the per-step norm semantics, the epoch schedule,
-and a short learning run."""
+and short learning runs (sinusoids; real Omniglot)."""
 
 import pytest
 import torch
 
+from metagrad.config import load_config
 from metagrad.learners.maml import MAML, MAMLConfig
 from metagrad.learners.mamlpp import MAMLPlusPlus, MAMLPPConfig, msl_weights
 from metagrad.models.conv4 import Conv4, Conv4Config
+from metagrad.train import train
 from helpers import image_batch
+from small_omniglot import SMALL_SETS, last_val
 from test_learning import sine_adaptation
 
 
@@ -124,6 +127,18 @@ def test_mamlpp_sine_learns(tmp_path):
     pre, post = sine_adaptation(tmp_path, ["learner.name=mamlpp", "learner.inner_lr=0.01", "learner.inner_steps=2",
                                            "learner.msl_epochs=1", "learner.iterations_per_epoch=300"], steps=2)
     assert post < 0.6 * pre, (pre, post)
+
+
+def test_mamlpp_learns_omniglot_5way_1shot(tmp_path, shared_data, omniglot_cache):
+    """The paper preset's MAML++ (LSLR, per-step BatchNorm weights, multi-step loss, second order),
+    narrowed to a test's time: 100 meta-batches of 8, 16 channels. Measured on the held-out
+    alphabet: 2 steps 0.70 and 5 steps 0.76 after training, 0.47 and 0.65 untrained."""
+    cfg = load_config("mamlpp-omniglot-5w1s", [*SMALL_SETS(shared_data, omniglot_cache), "model.channels=16",
+                                               "train.iterations=100", "train.meta_batch=8", "train.eval_every=0",
+                                               "train.eval_tasks=200", "train.test_tasks=10"])
+    train(cfg, tmp_path / "run", progress=False)
+    assert last_val(tmp_path / "run", "2_steps") > 0.6  # chance 0.2
+    assert last_val(tmp_path / "run", "5_steps") > 0.71
 
 
 def test_cosine_schedule_runs_from_lr_to_lr_min():

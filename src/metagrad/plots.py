@@ -13,6 +13,7 @@ gets its validation curves labelled so."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def plot_loss_curves(curves: dict[str, torch.Tensor], path: Path, title: str, ho
     line per optimizer (curves: name -> [steps + 1, tasks]; a diverged task's inf entries are left
     out of the mean and counted in the legend); a dotted line at ``horizon`` (the trained length)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    lowest = math.inf
     for name, c in curves.items():
         c = c.double()
         finite = torch.isfinite(c)
@@ -217,10 +219,13 @@ def plot_loss_curves(curves: dict[str, torch.Tensor], path: Path, title: str, ho
         label = name + (f" ({diverged} of {c.shape[1]} diverged)" if diverged else "")
         (line,) = ax.plot(steps, mean, label=label, lw=1.5)
         ax.fill_between(steps, (mean - half).clamp_min(1e-12), mean + half, color=line.get_color(), alpha=0.2, lw=0)
+        lowest = min(lowest, mean.nan_to_num(math.inf).min().item())
     if horizon is not None:
         ax.axvline(horizon, color="gray", ls=":", lw=1)
         ax.text(horizon, 0.98, " trained horizon", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="gray")
     ax.set_yscale("log")
+    if 0 < lowest < math.inf:  # a band whose mean - CI is below 0 would stretch the log axis down to 1e-12
+        ax.set_ylim(bottom=lowest / 4)
     ax.set_xlabel("optimizee step")
     ax.set_ylabel("training loss (mean over tasks, 95 % CI)")
     ax.set_title(title, fontsize=10)
