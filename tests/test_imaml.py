@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from metagrad.config import load_config
 from metagrad.learners.imaml import IMAML, IMAMLConfig, conjugate_gradient
 from metagrad.tasks import TaskBatch
-from metagrad.config import load_config
 from metagrad.train import train
 from small_omniglot import SMALL_SETS, last_val
 
