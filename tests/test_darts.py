@@ -110,7 +110,9 @@ def test_bad_settings_are_refused_in_one_line():
         DARTSConfig(inner_steps=2, arch_grad="finite_difference")
     DARTSConfig(inner_steps=2, arch_grad="exact")  # autograd takes any inner loop
     with pytest.raises(ConfigError, match="search-cnn"):
-        DARTS(DARTSConfig(), make_cnn(CNNConfig(), (1, 8, 8), 3), "classification")
+        DARTS(DARTSConfig(), make_cnn(CNNConfig(), (1, 28, 28), 3), "classification")
+    with pytest.raises(ConfigError, match="images need at least 16 px, got 8"):
+        make_cnn(CNNConfig(), (1, 8, 8), 3)
     with pytest.raises(ConfigError, match="unknown operation 'conv7x7'"):
         SearchCNNConfig(candidates=["conv3x3", "conv7x7"])
 

@@ -131,13 +131,21 @@ class CellNet(nn.Module):
         return out
 
 
+def _check_side(input_shape: tuple[int, ...], cells: int) -> None:
+    side = min(input_shape[1:])
+    if side < 2**cells:
+        raise ConfigError(f"{cells} cells halve the image side {cells} times: images need at least {2**cells} px, got {side}")
+
+
 @MODELS.register("search-cnn", SearchCNNConfig)
 def make_search_cnn(cfg: SearchCNNConfig, input_shape: tuple[int, ...], n_outputs: int | None) -> CellNet:
     """DARTS' search network: every candidate operation in every cell, mixed by softmax(alpha)."""
+    _check_side(input_shape, cfg.cells)
     return CellNet(input_shape[0], cfg.channels, [list(cfg.candidates)] * cfg.cells, n_outputs, search=True)
 
 
 @MODELS.register("cnn", CNNConfig)
 def make_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], n_outputs: int | None) -> CellNet:
     """A discrete cell network, one operation per cell (e.g. the architecture a search found)."""
+    _check_side(input_shape, len(cfg.ops))
     return CellNet(input_shape[0], cfg.channels, [[o] for o in cfg.ops], n_outputs, search=False)
