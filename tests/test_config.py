@@ -90,5 +90,6 @@ def test_a_new_component_name_drops_the_keys_only_the_old_one_knew():
         load_config("omniglot-quick", ['model.ops=["skip"]'])
     # the same rule when a preset renames its base's component (darts over maml's conv4 preset)
     assert "downsample" in load_preset("maml-omniglot-5w1s")["model"]
-    assert "downsample" not in load_preset("darts-omniglot-5w1s")["model"]
-    assert load_config("darts-omniglot-5w1s").model.name == "search-cnn"
+    cfg = load_config("darts-omniglot-5w1s")
+    assert cfg.model.name == "search-cnn" and cfg.learner.hp.inner_lr == 0.4  # maml's, kept
+    assert "downsample" not in cfg.to_dict()["model"]

@@ -233,15 +233,20 @@ def _read_preset(name: str) -> dict:
         raise ConfigError(f"preset {name!r} is not valid TOML: {e}") from None
 
 
+#: in a raw section: the keys that came with a component the section has since renamed; resolve()
+#: drops those the new component does not know (so reading presets imports no component)
+FORMER_KEYS = "__keys_of_the_replaced_component__"
+
+
 def _renamed(section: str, values: dict, before: dict, explicit) -> dict:
     """A section's ``values`` after its component may have been renamed from ``before``'s: when the
-    name changed, the keys the new component does not know are dropped, unless ``explicit`` (set
-    together with the new name) lists them. So ``--set model.name=cnn`` on a Conv-4 preset keeps
-    ``channels`` and drops ``downsample``."""
+    name changed, the keys that are neither the name nor in ``explicit`` (set together with the
+    new name) are marked as the old component's (FORMER_KEYS). So ``--set model.name=cnn`` on a
+    Conv-4 preset keeps ``channels`` and drops ``downsample`` when the config is resolved."""
     if section not in SECTIONS or "name" not in values or values["name"] == before.get("name"):
         return values
-    known = {f.name for f in dataclasses.fields(SECTIONS[section].get(str(values["name"])).hparams)}
-    return {k: v for k, v in values.items() if k == "name" or k in known or k in explicit}
+    former = set(values.get(FORMER_KEYS, [])) | (set(values) - {"name", FORMER_KEYS})
+    return {**values, FORMER_KEYS: sorted(former - set(explicit))}
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -306,6 +311,10 @@ def resolve(raw: dict) -> Config:
             raise ConfigError(f"{section}.name is missing; allowed: {', '.join(registry.names())}")
         name = str(values.pop("name"))
         entry = registry.get(name)
+        known = {f.name for f in dataclasses.fields(entry.hparams)}
+        for key in values.pop(FORMER_KEYS, []):
+            if key not in known:
+                values.pop(key, None)
         parts[section] = Component(name, build_dataclass(entry.hparams, values, section))
     train = build_dataclass(TrainConfig, dict(raw.get("train", {})), "train")
     return Config(
