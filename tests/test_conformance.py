@@ -53,7 +53,7 @@ def tiny_task(cfg, seed: int):
 
 def tiny_setup(learner_name: str, seed: int = 0):
     """(config, task source, learner) for the quickest preset of a learner that has
-    meta-parameters, made small where the fields exist: model.channels=8, at most 2 inner steps."""
+    meta-parameters, made small where the fields exist: model.channels=8, 2 cells, at most 2 inner steps."""
     for preset in presets_of(learner_name):
         try:
             cfg = load_config(preset)
@@ -62,6 +62,7 @@ def tiny_setup(learner_name: str, seed: int = 0):
         model_fields = {f.name for f in dataclasses.fields(cfg.model.hp)}
         learner_fields = {f.name for f in dataclasses.fields(cfg.learner.hp)}
         narrow = ["model.channels=8"] if "channels" in model_fields else []
+        narrow += ["model.cells=2"] if "cells" in model_fields else []
         narrow += [f"learner.{k}={min(getattr(cfg.learner.hp, k), 2)}" for k in ("inner_steps", "eval_steps") if k in learner_fields]
         cfg = load_config(preset, narrow + [f"train.seed={seed}"])
         task = tiny_task(cfg, seed)
