@@ -17,6 +17,7 @@ from pathlib import Path
 from metagrad.errors import DataError
 from metagrad.io import atomic_write
 from metagrad.tasks import omniglot
+from metagrad.tasks.files import default_data_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL_SETS = {
@@ -31,7 +32,7 @@ def data_root() -> Path:
         return Path(os.environ["METAGRAD_TEST_DATA"]).expanduser()
     if (SHARED / "omniglot").is_dir():
         return SHARED
-    return omniglot.default_data_dir()
+    return default_data_dir()
 
 
 def _small_set(background: Path, dest: Path, alphabets: tuple[str, ...]) -> None:

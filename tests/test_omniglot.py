@@ -18,7 +18,7 @@ from PIL import Image
 from metagrad.config import build_dataclass
 from metagrad.errors import ConfigError, DataError
 from metagrad.registry import TASKS
-from metagrad.tasks import omniglot
+from metagrad.tasks import omniglot, store
 from metagrad.tasks.images import EpisodeSampler, ImageClassDataset
 from metagrad.tasks.omniglot import OmniglotConfig, make_omniglot, omniglot_dataset, vinyals_characters
 
@@ -100,7 +100,7 @@ def test_vinyals_counts_on_the_full_archives(shared_data, full_cache):
     train = make_omniglot(cfg, "train")
     assert train.dataset.n_classes == 4800 and len(train.dataset) == 4800 * 20
     assert train.input_shape == (1, 28, 28) and train.kind == "classification" and train.n_outputs == 5
-    assert sorted(p.name for p in full_cache.iterdir()) == ["images_background.28px.pt", "images_evaluation.28px.pt"]
+    assert sorted(p.name for p in full_cache.iterdir()) == ["images_background.28px.cache", "images_evaluation.28px.cache"]
 
 
 def test_lake_counts_on_the_full_archives(shared_data, full_cache):
@@ -129,33 +129,33 @@ def test_cache_is_reused_and_rebuilt_when_the_archive_changes(tmp_path, monkeypa
     make_archive(root / "images_background.zip", n_chars=6)
     cfg = OmniglotConfig(split_scheme="lake", ways=2, data_dir=str(tmp_path / "data"), download=False)
     assert make_omniglot(cfg, "train").dataset.n_classes == 24
-    cache = root / "images_background.28px.pt"
+    cache = root / "images_background.28px.cache"
     assert cache.is_file()
-    real_read = omniglot.read_archive
-    monkeypatch.setattr(omniglot, "read_archive", lambda *a: pytest.fail("cache not used"))
+    real_read = omniglot.decode_archive
+    monkeypatch.setattr(omniglot, "decode_archive", lambda *a: pytest.fail("cache not used"))
     assert make_omniglot(cfg, "train").dataset.n_classes == 24
     make_archive(root / "images_background.zip", n_chars=7)  # replaced archive -> rebuilt
-    monkeypatch.setattr(omniglot, "read_archive", real_read)
+    monkeypatch.setattr(omniglot, "decode_archive", real_read)
     assert make_omniglot(cfg, "train").dataset.n_classes == 28
     cache.write_bytes(b"garbage")  # an unreadable cache is rebuilt too
     assert make_omniglot(cfg, "train").dataset.n_classes == 28
     cfg.image_size = 14
     assert make_omniglot(cfg, "train").input_shape == (1, 14, 14)
     assert sorted(p.name for p in root.iterdir()) == [
-        "images_background.14px.pt", "images_background.28px.pt", "images_background.zip"]
+        "images_background.14px.cache", "images_background.28px.cache", "images_background.zip"]
 
 
 def test_read_only_data_dir_caches_in_the_user_cache(tmp_path, monkeypatch, capsys):
     shared = tmp_path / "shared" / "omniglot"  # a dataset folder this user cannot write
     make_archive(shared / "images_background.zip", n_chars=6)
-    real_access = omniglot.os.access
-    monkeypatch.setattr(omniglot.os, "access", lambda p, mode: False if Path(p) == shared else real_access(p, mode))
+    real_access = store.os.access
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False if Path(p) == shared else real_access(p, mode))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     cfg = OmniglotConfig(split_scheme="lake", ways=2, data_dir=str(tmp_path / "shared"), download=False)
     assert make_omniglot(cfg, "train").dataset.n_classes == 24
     assert sorted(p.name for p in shared.iterdir()) == ["images_background.zip"]
-    [cache] = (tmp_path / "user-cache" / "metagrad" / "preprocessed").glob("*/images_background.28px.pt")
-    monkeypatch.setattr(omniglot, "read_archive", lambda *a: pytest.fail("cache not used"))
+    [cache] = (tmp_path / "user-cache" / "metagrad" / "preprocessed").glob("*/images_background.28px.cache")
+    monkeypatch.setattr(omniglot, "decode_archive", lambda *a: pytest.fail("cache not used"))
     assert make_omniglot(cfg, "train").dataset.n_classes == 24
     assert capsys.readouterr().err == ""
 
@@ -166,7 +166,7 @@ def test_unwritable_cache_is_one_line_and_the_data_still_loads(tmp_path, monkeyp
     def refuse(path, write):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(omniglot, "atomic_write", refuse)
+    monkeypatch.setattr(store, "atomic_write", refuse)
     cfg = OmniglotConfig(split_scheme="lake", ways=2, data_dir=str(tmp_path / "data"), download=False)
     assert make_omniglot(cfg, "train").dataset.n_classes == 24
     err = capsys.readouterr().err.strip()
@@ -294,7 +294,7 @@ def test_download_verifies_checksum_then_loads(shared_data, http_dir, tmp_path, 
     cfg = OmniglotConfig(split_scheme="lake", ways=5, data_dir=str(tmp_path / "data"))
     src = make_omniglot(cfg, "train")
     root = tmp_path / "data" / "omniglot"
-    assert sorted(p.name for p in root.iterdir()) == ["images_background.28px.pt", "images_background.zip"]
+    assert sorted(p.name for p in root.iterdir()) == ["images_background.28px.cache", "images_background.zip"]
     assert md5(root / "images_background.zip") == md5(served)
     assert src.dataset.n_classes == 114 * 4 and src.sample(2, torch.Generator().manual_seed(0)).query_x.shape == (
         2, 5, 1, 28, 28)

@@ -9,13 +9,14 @@ are common): they are checked structurally instead (``<top>/<alphabet>/<characte
 20 images of 105x105 per character). PNGs are read straight from the zip; no entry is ever
 extracted, and entry names that would point outside the archive's folder are refused.
 
-Each archive is preprocessed once into ``<cache_dir>/<archive stem>.<size>px.pt``: every drawing converted to grayscale, resized to
+Each archive is preprocessed once into the image cache (store.py),
+``<cache_dir>/<archive stem>.<size>px.cache``: every drawing converted to grayscale, resized to
 ``image_size`` with Pillow's LANCZOS filter (as the MAML reference code), inverted so strokes
-are bright (ink = 255, background = 0), stored as uint8 [characters, 20, size, size]. The cache
-records the archive's size and modification time, so a replaced archive is preprocessed again.
-``cache_dir`` defaults to the archive's folder when that is writable, else (a shared, read-only
-dataset folder) to a folder per archive folder under the user cache
-(``$XDG_CACHE_HOME/metagrad/preprocessed``, else ``~/.cache/metagrad/preprocessed``).
+are bright (ink = 255, background = 0), stored as uint8 [characters, 20, size, size] and
+memory-mapped by later runs. The cache records the archive's size and modification time, so a
+replaced archive is preprocessed again. ``cache_dir`` defaults to the archive's folder when that
+is writable, else (a shared, read-only dataset folder) to a folder per archive folder under the
+user cache (``$XDG_CACHE_HOME/metagrad/preprocessed``, else ``~/.cache/metagrad/preprocessed``).
 
 Splits (every split's classes are characters, times four rotations when ``rotate``):
 
@@ -43,19 +44,13 @@ drawing number and every query from another, as the challenge's 20 runs do.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import io
 import os
-import re
-import sys
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,9 +59,10 @@ from tqdm.auto import tqdm
 
 from ..config import choice, positive
 from ..errors import ConfigError, DataError
-from ..io import atomic_write
 from ..registry import TASKS
+from .files import dataset_dir, download, entry_parts, is_junk
 from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
+from .store import cached_images, default_cache_dir, load_images, source_key
 
 DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 MD5 = {
@@ -77,7 +73,7 @@ DRAWINGS = 20  # drawings per character
 ORIGINAL_SIZE = 105
 ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise, as Pillow's Image.rotate
 LAKE_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 SPLITS = ("train", "val", "test")
 WHEN = ("never", "eval", "always")  # which splits an episode option applies to
 
@@ -121,14 +117,9 @@ class OmniglotConfig(EpisodeConfig):
 # --------------------------------------------------------------------------- files
 
 
-def default_data_dir() -> Path:
-    """``$METAGRAD_DATA``, else ``~/.cache/metagrad``."""
-    return Path(os.environ.get("METAGRAD_DATA") or Path.home() / ".cache" / "metagrad").expanduser()
-
-
 def omniglot_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding the Omniglot archives: ``<data_dir>/omniglot``."""
-    return (Path(data_dir).expanduser() if data_dir else default_data_dir()) / "omniglot"
+    return dataset_dir("omniglot", data_dir)
 
 
 def download_archive(name: str, root: Path, url: str | None = None, md5: str | None = None) -> Path:
@@ -138,32 +129,7 @@ def download_archive(name: str, root: Path, url: str | None = None, md5: str | N
     ``md5`` defaults to ``MD5[name]``. The file appears only when complete and verified.
     """
     base = url or os.environ.get("METAGRAD_OMNIGLOT_URL") or DEFAULT_URL
-    src = base.rstrip("/") + "/" + name
-    expected = md5 or MD5[name]
-    dest = Path(root) / name
-
-    def fetch(tmp: Path) -> None:
-        digest = hashlib.md5(usedforsecurity=False)
-        try:
-            with urllib.request.urlopen(src, timeout=60) as resp, open(tmp, "wb") as out:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-                    while chunk := resp.read(1 << 16):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise DataError(f"could not download {src}: {e}; place {name} in {root} yourself") from None
-        if digest.hexdigest() != expected:
-            raise DataError(
-                f"downloaded {name} from {src} has md5 {digest.hexdigest()}, expected {expected}; nothing was saved"
-            )
-
-    try:
-        atomic_write(dest, fetch)
-    except OSError as e:
-        raise DataError(f"could not save {dest}: {e}") from None
-    return dest
+    return download(base.rstrip("/") + "/" + name, Path(root) / name, md5 or MD5[name])
 
 
 def _archive_path(name: str, root: Path, download: bool) -> Path:
@@ -180,93 +146,71 @@ def _archive_path(name: str, root: Path, download: bool) -> Path:
 # --------------------------------------------------------------------------- archive -> tensors
 
 
-def _entry_parts(entry: str, archive: Path) -> tuple[str, ...]:
-    """Path components of a zip entry; refuses entries that would land outside the archive's folder."""
-    parts = PurePosixPath(entry.replace("\\", "/")).parts
-    if entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
-        raise DataError(f"{archive}: unsafe entry {entry!r} (absolute path or '..'); refusing to read this archive")
-    return parts
+def index_archive(zf: zipfile.ZipFile, path: Path) -> dict[str, list[zipfile.ZipInfo]]:
+    """The PNG entries of an Omniglot zip by character ("Alphabet/characterNN"), each sorted by
+    name; refuses unsafe entry names and archives of another structure."""
+    chars: dict[str, list[zipfile.ZipInfo]] = {}
+    for info in zf.infolist():
+        parts = entry_parts(info.filename, path)
+        if info.is_dir() or is_junk(parts) or not parts[-1].endswith(".png"):
+            continue
+        if len(parts) != 4:
+            raise DataError(
+                f"{path}: not an Omniglot archive: expected <top>/<alphabet>/<character>/<image>.png, "
+                f"got {info.filename!r}"
+            )
+        chars.setdefault(f"{parts[1]}/{parts[2]}", []).append(info)
+    if not chars:
+        raise DataError(f"{path}: not an Omniglot archive: it holds no PNG images")
+    for name, infos in chars.items():
+        if len(infos) != DRAWINGS:
+            raise DataError(f"{path}: not an Omniglot archive: {name} has {len(infos)} PNGs, expected {DRAWINGS}")
+        infos.sort(key=lambda i: i.filename)
+    return chars
 
 
-def read_archive(path: Path, image_size: int) -> tuple[list[str], torch.Tensor]:
-    """Decode an Omniglot archive: (character names "Alphabet/characterNN", uint8 [chars, 20, S, S]).
-
-    Images are grayscale, resized with Pillow LANCZOS and inverted (ink = 255).
-    """
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path}: not a readable zip archive ({e}); delete it and fetch it again") from None
-    with zf:
-        chars: dict[str, list[zipfile.ZipInfo]] = {}
-        for info in zf.infolist():
-            parts = _entry_parts(info.filename, path)
-            leaf = parts[-1] if parts else ""
-            if info.is_dir() or not leaf.endswith(".png") or leaf.startswith(".") or parts[0] == "__MACOSX":
-                continue
-            if len(parts) != 4:
-                raise DataError(
-                    f"{path}: not an Omniglot archive: expected <top>/<alphabet>/<character>/<image>.png, "
-                    f"got {info.filename!r}"
-                )
-            chars.setdefault(f"{parts[1]}/{parts[2]}", []).append(info)
-        if not chars:
-            raise DataError(f"{path}: not an Omniglot archive: it holds no PNG images")
-        for name, infos in chars.items():
-            if len(infos) != DRAWINGS:
-                raise DataError(f"{path}: not an Omniglot archive: {name} has {len(infos)} PNGs, expected {DRAWINGS}")
-        names = sorted(chars)
-        out = np.empty((len(names), DRAWINGS, image_size, image_size), dtype=np.uint8)
-        with tqdm(total=len(names) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}",
-                  disable=None) as bar:  # None: no bar when stderr is not a terminal (log files)
-            for c, name in enumerate(names):
-                for d, info in enumerate(sorted(chars[name], key=lambda i: i.filename)):
-                    try:
-                        with Image.open(io.BytesIO(zf.read(info))) as im:
-                            if im.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-                                raise DataError(
-                                    f"{path}: not an Omniglot archive: {info.filename} is {im.size[0]}x{im.size[1]}, "
-                                    f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
-                                )
-                            small = im.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
-                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-                        raise DataError(f"{path}: corrupt archive, entry {info.filename}: {e}") from None
-                    out[c, d] = 255 - np.asarray(small)
-                    bar.update()
-    return names, torch.from_numpy(out)
-
-
-def default_cache_dir(archive: Path) -> Path:
-    """Where ``archive``'s preprocessed tensors go by default: beside it if that folder is
-    writable, else ``<user cache>/metagrad/preprocessed/<hash of the archive's folder>``."""
-    folder = archive.parent
-    if os.access(folder, os.W_OK):
-        return folder
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
-    return user_cache / "metagrad" / "preprocessed" / digest
+def decode_archive(zf: zipfile.ZipFile, chars: dict[str, list[zipfile.ZipInfo]], path: Path, out: np.ndarray) -> dict:
+    """Decode the characters of :func:`index_archive` in sorted order into ``out``, uint8
+    [chars, 20, S, S]: grayscale, resized with Pillow LANCZOS, inverted (ink = 255).
+    Returns {"characters": their names}."""
+    size = out.shape[-1]
+    with tqdm(total=len(chars) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}",
+              disable=None) as bar:  # None: no bar when stderr is not a terminal (log files)
+        for c, name in enumerate(sorted(chars)):
+            for d, info in enumerate(chars[name]):
+                try:
+                    with Image.open(io.BytesIO(zf.read(info))) as im:
+                        if im.size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+                            raise DataError(
+                                f"{path}: not an Omniglot archive: {info.filename} is {im.size[0]}x{im.size[1]}, "
+                                f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
+                            )
+                        small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                    raise DataError(f"{path}: corrupt archive, entry {info.filename}: {e}") from None
+                out[c, d] = 255 - np.asarray(small)
+                bar.update()
+    return {"characters": sorted(chars)}
 
 
 def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> tuple[list[str], torch.Tensor]:
-    """:func:`read_archive` through the preprocessing cache (rebuilt when the archive changes)."""
-    st = path.stat()
-    key = {"format": CACHE_FORMAT, "archive_size": st.st_size, "archive_mtime_ns": st.st_mtime_ns,
-           "image_size": image_size, "filter": "lanczos"}
-    cache = (cache_dir or default_cache_dir(path)) / f"{path.stem}.{image_size}px.pt"
-    if cache.is_file():
+    """An Omniglot archive's (character names "Alphabet/characterNN", uint8 [chars, 20, S, S]),
+    decoded once into the image cache (store.py) and memory-mapped from it afterwards; the
+    cache is rebuilt when the archive changes."""
+    key = {"format": CACHE_FORMAT, **source_key(path), "image_size": image_size, "filter": "lanczos"}
+    cache = (cache_dir or default_cache_dir(path.parent)) / f"{path.stem}.{image_size}px.cache"
+    found = load_images(cache, key)
+    if found is None:
         try:
-            data = torch.load(cache, weights_only=True)
-            if data["key"] == key:
-                return data["characters"], data["images"]
-        except Exception:  # an unreadable cache is rebuilt
-            pass
-    names, images = read_archive(path, image_size)
-    try:
-        atomic_write(cache, lambda tmp: torch.save({"key": key, "characters": names, "images": images}, tmp))
-    except OSError as e:  # one line, not a warning with its source: the data is still usable
-        print(f"warning: could not write the Omniglot cache {cache} ({e.strerror or e}); every run will "
-              "preprocess the archive again; set task.cache_dir to a writable folder", file=sys.stderr)
-    return names, images
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{path}: not a readable zip archive ({e}); delete it and fetch it again") from None
+        with zf:
+            chars = index_archive(zf, path)
+            shape = (len(chars), DRAWINGS, image_size, image_size)
+            found = cached_images(cache, key, shape, lambda out: decode_archive(zf, chars, path, out), what="Omniglot")
+    images, meta = found
+    return meta["characters"], images
 
 
 # --------------------------------------------------------------------------- splits

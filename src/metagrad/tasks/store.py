@@ -1,0 +1,127 @@
+"""The preprocessed image cache: a dataset decoded once, then memory-mapped by every later run.
+
+One cache file holds uint8 images [N, ...] and a JSON header (the key it was built for and
+small metadata such as class names), so loading it never executes code and never reads the
+images into memory: they are mapped from disk read-only, pages come in as episodes touch them,
+and a dataset larger than RAM still samples. A file whose key differs from the wanted one (the
+source changed, another image size) or that cannot be read is rebuilt. Files are written to a
+temporary name and renamed, so an interrupted build leaves nothing.
+
+Layout: ``MAGIC`` (16 bytes), the header's length (8 bytes, little endian), zero padding to
+byte 64, the raw images, then the header (UTF-8 JSON with "key", "shape", "meta") at the end,
+so that what a build learns while decoding (labels, names) can go into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..io import atomic_write
+
+MAGIC = b"METAGRAD-IMAGES1"
+DATA_OFFSET = 64  # the images start here (aligned)
+
+
+def default_cache_dir(folder: Path) -> Path:
+    """Where the preprocessed images of a dataset in ``folder`` go by default: ``folder`` itself
+    if writable, else ``<user cache>/metagrad/preprocessed/<hash of folder>`` (a shared,
+    read-only dataset folder), the user cache being ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    folder = Path(folder)
+    if os.access(folder, os.W_OK):
+        return folder
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return user_cache / "metagrad" / "preprocessed" / digest
+
+
+def source_key(path: Path) -> dict:
+    """What identifies a source file's version: its size and modification time."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def load_images(path: Path, key: dict) -> tuple[torch.Tensor, dict] | None:
+    """(read-only memory-mapped uint8 images, meta) of the cache file ``path`` if it was built for
+    ``key``; None if it is missing, stale or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return None
+            size = int.from_bytes(f.read(8), "little")
+            f.seek(-size, os.SEEK_END)
+            header = json.loads(f.read(size).decode("utf-8"))
+        if header.get("key") != json.loads(json.dumps(key)):
+            return None
+        shape = tuple(int(s) for s in header["shape"])
+        if Path(path).stat().st_size != DATA_OFFSET + math.prod(shape) + size:
+            return None
+        if not all(shape):  # np.memmap cannot map zero bytes
+            return torch.empty(shape, dtype=torch.uint8), header["meta"]
+        array = np.memmap(path, dtype=np.uint8, mode="r", offset=DATA_OFFSET, shape=shape)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    with warnings.catch_warnings():  # read-only by design: the images are never written in place
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array), header["meta"]
+
+
+def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[[np.ndarray], dict],
+                  what: str = "dataset") -> tuple[torch.Tensor, dict]:
+    """(uint8 images ``shape``, meta) of the cache file ``path`` for ``key``, built first if needed.
+
+    ``fill(out)`` writes the images into ``out``, uint8 ``shape`` (a memory map of the new file,
+    so a build never holds the whole dataset in memory), and returns the meta to keep beside
+    them (JSON: names, labels...). If the cache cannot be written (a read-only folder), one
+    warning line says so and the images are built in memory instead.
+    """
+    found = load_images(path, key)
+    if found is not None:
+        return found
+
+    def build(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + bytes(DATA_OFFSET - len(MAGIC)))
+            f.truncate(DATA_OFFSET + math.prod(shape))
+        meta = {}
+        if all(shape):
+            out = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=DATA_OFFSET, shape=shape)
+            meta = fill(out)
+            out.flush()
+            del out
+        header = json.dumps({"key": key, "shape": list(shape), "meta": meta}).encode("utf-8")
+        with open(tmp, "r+b") as f:
+            f.seek(len(MAGIC))
+            f.write(len(header).to_bytes(8, "little"))
+            f.seek(0, os.SEEK_END)
+            f.write(header)
+
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders this build creates
+    try:
+        atomic_write(path, build)
+    except BaseException as e:
+        for folder in made:  # a failed build leaves no trace, not even empty folders
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if not isinstance(e, OSError):
+            raise
+        print(f"warning: could not write the {what} cache {path} ({e.strerror or e}); every run will "
+              "preprocess it again; set task.cache_dir to a writable folder", file=sys.stderr)
+        out = np.empty(shape, dtype=np.uint8)
+        meta = fill(out)
+        return torch.from_numpy(out), json.loads(json.dumps(meta))
+    loaded = load_images(path, key)
+    if loaded is None:
+        raise OSError(f"the {what} cache {path} was written but cannot be read back")
+    return loaded
