@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import torch
 
 from metagrad.errors import DataError
 from metagrad.tasks import store
-from metagrad.tasks.files import archive_files
+from metagrad.tasks.files import archive_files, load_data_pickle
 from metagrad.tasks.store import cached_images, load_images
 
 
@@ -197,3 +198,26 @@ def test_a_dataset_larger_than_the_memory_limit_still_samples(tmp_path):
     assert ok.returncode == 0 and "sampled" in ok.stdout, ok.stderr[-2000:]
     refused = subprocess.run([sys.executable, "-c", LIMITED, str(path), "copy"], capture_output=True, text=True, env=env)
     assert refused.returncode != 0 and "sampled" not in refused.stdout  # the limit is real
+
+
+# --------------------------------------------------------------------------- dataset pickles
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_data_pickles_load_arrays_and_containers(protocol):
+    data = {b"data": np.arange(12, dtype=np.uint8).reshape(3, 4), b"fine_labels": [1, 2, 3], "mean": np.float64(0.5)}
+    got = load_data_pickle(pickle.dumps(data, protocol=protocol), "batch")
+    assert np.array_equal(got[b"data"], data[b"data"]) and got[b"fine_labels"] == [1, 2, 3] and got["mean"] == 0.5
+
+
+def test_a_pickle_that_runs_code_is_refused_in_one_line(capfd):
+    with pytest.raises(DataError, match=r"^evil.pkl: refusing to unpickle: it wants to run posix.system"):
+        load_data_pickle(pickle.dumps({"x": RunsCode()}), "evil.pkl")
+    assert "pwned" not in capfd.readouterr().out
+    with pytest.raises(DataError, match=r"^bad.pkl: not a readable pickle"):
+        load_data_pickle(b"\x80\x04garbage", "bad.pkl")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
+import pickle
 import re
 import tarfile
 import urllib.error
@@ -137,3 +139,41 @@ def _read_tar(tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes
     if len(data) != member.size:
         raise DataError(f"{path}: corrupt archive, entry {member.name} is truncated")
     return data
+
+
+#: what a dataset pickle may construct: numpy arrays, dtypes and scalars, and plain containers
+PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("collections", "OrderedDict"), ("_codecs", "encode"),
+}
+
+
+class _Forbidden(pickle.UnpicklingError):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise _Forbidden(f"it wants to run {module}.{name}")
+        if module.startswith("numpy.core"):  # NumPy 2 moved numpy.core to numpy._core
+            import numpy
+
+            if int(numpy.__version__.split(".")[0]) >= 2:
+                module = "numpy._core" + module[len("numpy.core"):]
+        return super().find_class(module, name)
+
+
+def load_data_pickle(data: bytes, name: str) -> object:
+    """Unpickle a dataset file (CIFAR batches, mini-/tieredImageNet caches) without executing
+    code: only numpy arrays, dtypes, scalars and plain containers may be built (Python 2 pickles
+    included: their byte strings stay bytes). Anything else is a one-line DataError naming ``name``."""
+    try:
+        return _DataUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _Forbidden as e:
+        raise DataError(f"{name}: refusing to unpickle: {e}; only plain data (arrays, lists, dicts) is loaded") from None
+    except Exception as e:  # a truncated or foreign file: EOFError, ValueError, ...
+        raise DataError(f"{name}: not a readable pickle ({type(e).__name__}: {e})") from None

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
 from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
+from .store import read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
@@ -53,21 +53,6 @@ class FolderConfig(EpisodeConfig):
                 f"task.val_fraction + task.test_fraction must be < 1 to leave training classes, "
                 f"got {self.val_fraction} + {self.test_fraction}"
             )
-
-
-def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """One image file as uint8 [channels, image_size, image_size]; DataError naming the file if unreadable."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) for bad files
-        raise DataError(f"cannot read image {path}: {e}") from None
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -23,13 +23,49 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import io
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
+from ..config import positive
+from ..errors import DataError
 from ..io import atomic_write
+from .images import EpisodeConfig, ImageClassDataset
 
 MAGIC = b"METAGRAD-IMAGES1"
 DATA_OFFSET = 64  # the images start here (aligned)
+
+
+@dataclass
+class StoredImagesConfig(EpisodeConfig):
+    """Episodes of an image dataset kept in files: the N-way K-shot shape, the image size, and
+    where the files and their preprocessed cache live (a base of such tasks' configs)."""
+
+    image_size: int = positive(84)  # images are resized to image_size x image_size
+    data_dir: str | None = None  # files in <data_dir>/<dataset>/; None: $METAGRAD_DATA or ~/.cache/metagrad
+    cache_dir: str | None = None  # preprocessed images; None: beside the files, or the user cache if read-only
+    download: bool = True  # fetch missing files that their authors publish (checksummed)
+
+
+def read_image(source: Path | bytes, image_size: int, channels: int, name: str | None = None) -> np.ndarray:
+    """An image file (a path, or its bytes named ``name``) as uint8 [channels, image_size,
+    image_size]: turned upright by its EXIF orientation, flattened onto white if transparent,
+    converted to grayscale (1 channel) or RGB (3), resized with Pillow's LANCZOS filter (the
+    aspect ratio is not kept). DataError naming the file if it cannot be decoded."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+            im = im.convert("L" if channels == 1 else "RGB")
+            im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) for bad files
+        raise DataError(f"cannot read image {name or source}: {e}") from None
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def default_cache_dir(folder: Path) -> Path:
@@ -125,3 +161,14 @@ def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[
     if loaded is None:
         raise OSError(f"the {what} cache {path} was written but cannot be read back")
     return loaded
+
+
+def cached_class_dataset(cfg: StoredImagesConfig, folder: Path, name: str, key: dict, shape: tuple[int, ...],
+                         fill: Callable[[np.ndarray], dict], what: str) -> ImageClassDataset:
+    """An :class:`ImageClassDataset` through the cache file ``name`` in ``cfg.cache_dir`` (default:
+    :func:`default_cache_dir` of ``folder``, the dataset's files). ``fill(out)`` decodes the images
+    into ``out`` (uint8 ``shape`` = [N, C, S, S]) and returns {"class_names": [...], "labels":
+    [N ints]}; ``key`` says what the images were built from (sources, size, format)."""
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(folder)
+    images, meta = cached_images(cache_dir / name, key, shape, fill, what=what)
+    return ImageClassDataset(images, torch.tensor(meta["labels"], dtype=torch.long), meta["class_names"])
