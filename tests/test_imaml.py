@@ -133,8 +133,8 @@ def test_first_order_drops_the_implicit_correction():
 
 
 def test_imaml_learns_omniglot_5way_1shot(tmp_path, shared_data, omniglot_cache):
-    """The Omniglot preset's iMAML (the reference's pull-back and damped CG), narrowed to a test's
-    time: 100 meta-batches of 8, 16 channels, 5 inner steps. Measured on the held-out alphabet
+    """The quick preset's iMAML (the reference's pull-back and damped CG), narrowed further to a
+    test's time: 100 meta-batches of 8, 16 channels, 5 inner steps. Measured on the held-out alphabet
     (200 tasks): 2 steps 0.643 and 5 steps 0.773 after training, 0.487 and 0.668 untrained (the
     5 steps of lr 0.1 alone fit a random network's head well, so both settings are asked).
 
@@ -143,7 +143,7 @@ def test_imaml_learns_omniglot_5way_1shot(tmp_path, shared_data, omniglot_cache)
     negative eigenvalues (to −60) make I + H/λ indefinite for λ < 60; the exact-proximal sine
     run this test replaced reached 0.51-0.78 of the pre-adaptation MSE by seed and CPU, and
     λ = 100 or the damped variant diverged (docs/results.md)."""
-    cfg = load_config("imaml-omniglot-5w1s", [*SMALL_SETS(shared_data, omniglot_cache), "model.channels=16",
+    cfg = load_config("imaml-quick", [*SMALL_SETS(shared_data, omniglot_cache), "model.channels=16",
                                               "learner.inner_steps=5", "learner.eval_steps=5", "train.iterations=100",
                                               "train.meta_batch=8", "train.eval_every=0", "train.eval_tasks=200",
                                               "train.test_tasks=10"])
