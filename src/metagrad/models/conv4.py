@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -17,17 +18,25 @@ class Conv4Config(HParams):
     blocks: int = positive(4)
     # "stride": 3x3 convs with stride 2 (MAML's Omniglot model); "max": stride 1 + 2x2 max-pool.
     downsample: str = choice("max", ("max", "stride"))
+    # what the last feature map becomes: "mean" over its positions (channels features), or
+    # "flatten" (channels x H x W: MAML's and ProtoNets' mini-ImageNet models, 32x5x5 = 800 / 64x5x5 = 1600 at 84 px)
+    pool: str = choice("mean", ("mean", "flatten"))
 
 
 class Conv4(nn.Module):
     """blocks x [3x3 conv, BatchNorm (batch statistics), ReLU, 2x2 down-sampling],
-    then the mean over the remaining spatial positions and an optional linear head.
+    then the mean over the remaining spatial positions (``pool="mean"``) or all of them in a row
+    (``pool="flatten"``, which needs the input's ``size`` (H, W)), and an optional linear head.
 
-    x: [N, C, H, W] -> [N, n_outputs], or [N, channels] embeddings when n_outputs is None.
+    x: [N, C, H, W] -> [N, n_outputs], or [N, features] embeddings when n_outputs is None
+    (features = channels, or channels x H' x W' flattened).
     """
 
-    def __init__(self, cfg: Conv4Config, in_channels: int, n_outputs: int | None):
+    def __init__(self, cfg: Conv4Config, in_channels: int, n_outputs: int | None, size: tuple[int, int] | None = None):
         super().__init__()
+        self.flatten = cfg.pool == "flatten"
+        if self.flatten and size is None:
+            raise ValueError("Conv4 with pool='flatten' needs the input size (H, W)")
         layers: list[nn.Module] = []
         c_in = in_channels
         stride = 2 if cfg.downsample == "stride" else 1
@@ -37,14 +46,27 @@ class Conv4(nn.Module):
                 layers.append(nn.MaxPool2d(2, ceil_mode=False))
             c_in = cfg.channels
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cfg.channels, n_outputs) if n_outputs is not None else None
+        self.out_features = cfg.channels * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)
+        self.head = nn.Linear(self.out_features, n_outputs) if n_outputs is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.features(x).mean(dim=(2, 3))
+        h = self.features(x)
+        h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
         return self.head(h) if self.head is not None else h
+
+
+def feature_map_size(cfg: Conv4Config, size: tuple[int, int]) -> tuple[int, int]:
+    """(H', W') of the last feature map for (H, W) inputs: each block halves a side, rounding
+    down after a 2x2 max-pool, up after a stride-2 3x3 convolution with padding 1."""
+    h, w = size
+    for _ in range(cfg.blocks):
+        h, w = ((h + 1) // 2, (w + 1) // 2) if cfg.downsample == "stride" else (h // 2, w // 2)
+    if not h or not w:
+        raise ValueError(f"{size[0]}x{size[1]} images are too small for {cfg.blocks} down-sampling blocks")
+    return h, w
 
 
 @MODELS.register("conv4", Conv4Config)
 def make_conv4(cfg: Conv4Config, input_shape: tuple[int, ...], n_outputs: int | None) -> Conv4:
     """Conv-4 (64 filters, BatchNorm, ReLU, 2x2 down-sampling) for [C, H, W] images."""
-    return Conv4(cfg, input_shape[0], n_outputs)
+    return Conv4(cfg, input_shape[0], n_outputs, size=tuple(input_shape[1:3]) if len(input_shape) >= 3 else None)

@@ -92,24 +92,32 @@ def is_junk(parts: tuple[str, ...]) -> bool:
 ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError)
 
 
-def archive_files(path: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+def archive_files(path: Path, data: bytes | None = None) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
     """The regular files of a zip or tar(.gz/.bz2/.xz) archive, in archive order, as (path
     components, read); ``read()`` returns the entry's bytes and must be called before the
     iteration moves on (a compressed tar is read once, front to back). Hidden entries are
     skipped; an unsafe name, or a tar link or device, refuses the archive; a corrupt or
-    truncated archive is a one-line :class:`DataError` naming it."""
+    truncated archive is a one-line :class:`DataError` naming it. ``data``: the archive's bytes
+    (an archive read from inside another one); ``path`` then only names it in messages."""
     path = Path(path)
+    source = io.BytesIO(data) if data is not None else path
+
+    def rewound():
+        if data is not None:
+            source.seek(0)
+        return source
+
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
+        if zipfile.is_zipfile(rewound()):
+            with zipfile.ZipFile(rewound()) as zf:
                 for info in zf.infolist():
                     parts = entry_parts(info.filename, path)
                     if not info.is_dir() and not is_junk(parts):
                         yield parts, (lambda info=info: _read_zip(zf, info, path))
             return
-        if not tarfile.is_tarfile(path):
+        if not tarfile.is_tarfile(rewound()):
             raise DataError(f"{path}: not a readable zip or tar archive; delete it and fetch it again")
-        with tarfile.open(path, "r:*") as tf:
+        with tarfile.open(path, "r:*") if data is None else tarfile.open(fileobj=rewound(), mode="r:*") as tf:
             for member in tf:
                 parts = entry_parts(member.name, path)
                 if member.isdir() or is_junk(parts):
