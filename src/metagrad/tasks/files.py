@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
@@ -74,6 +75,39 @@ def download(url: str, dest: Path, md5: str) -> Path:
     except OSError as e:
         raise DataError(f"could not save {dest}: {e}") from None
     return dest
+
+
+def source_file(path: Path, url: str | None, md5: str | None, download_ok: bool, what: str) -> Path:
+    """``path`` if it is a file, else downloaded there from ``url`` (md5-checked) when
+    ``download_ok``; otherwise, or if the download fails, a one-line :class:`DataError` naming
+    ``what`` and exactly which file to put in which folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    place = f"put {path.name} in {path.parent}"
+    if url is None or not download_ok:
+        fix = f"{place} (or set task.download=true to fetch it)" if url else place
+        raise DataError(f"{what} is missing: {fix}")
+    try:
+        return download(url, path, md5)
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if str(path.parent) in msg else f"{msg}; {place} yourself") from None
+
+
+def folder_files(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+    """The regular files under the folder ``root`` like :func:`archive_files` (path components
+    starting with ``root``'s own name, then read), in sorted order; hidden files are skipped."""
+    root = Path(root)
+    for path in sorted(root.rglob("*")):
+        parts = (root.name, *path.relative_to(root).parts)
+        if path.is_file() and not is_junk(parts[1:]):
+            yield parts, path.read_bytes
+
+
+def shipped_classes(name: str) -> list[str]:
+    """The class names listed one per line in the package file ``metagrad/data/<name>.txt``."""
+    return (resources.files("metagrad") / "data" / f"{name}.txt").read_text().split()
 
 
 def entry_parts(entry: str, archive: Path) -> tuple[str, ...]:

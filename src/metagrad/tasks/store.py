@@ -50,22 +50,27 @@ class StoredImagesConfig(EpisodeConfig):
     download: bool = True  # fetch missing files that their authors publish (checksummed)
 
 
+def fit_image(im: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """A Pillow image as uint8 [channels, image_size, image_size]: flattened onto white if
+    transparent, converted to grayscale (1 channel) or RGB (3), resized with Pillow's LANCZOS
+    filter (the aspect ratio is not kept; an image already of that size is left as it is)."""
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    im = im.convert("L" if channels == 1 else "RGB")
+    im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
 def read_image(source: Path | bytes, image_size: int, channels: int, name: str | None = None) -> np.ndarray:
     """An image file (a path, or its bytes named ``name``) as uint8 [channels, image_size,
-    image_size]: turned upright by its EXIF orientation, flattened onto white if transparent,
-    converted to grayscale (1 channel) or RGB (3), resized with Pillow's LANCZOS filter (the
-    aspect ratio is not kept). DataError naming the file if it cannot be decoded."""
+    image_size]: turned upright by its EXIF orientation, then :func:`fit_image`. DataError
+    naming the file if it cannot be decoded (corrupt or truncated)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            arr = np.asarray(im, dtype=np.uint8)
+            return fit_image(ImageOps.exif_transpose(im), image_size, channels)
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         raise DataError(f"cannot read image {name or source}: {e}") from None
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def default_cache_dir(folder: Path) -> Path:
@@ -111,14 +116,37 @@ def load_images(path: Path, key: dict) -> tuple[torch.Tensor, dict] | None:
         return torch.from_numpy(array), header["meta"]
 
 
-def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[[np.ndarray], dict],
+class ImageAppender:
+    """Where a build whose image count is known only at its end (one pass over a tar archive)
+    writes its images: uint8 arrays of ``image_shape``, appended in order to ``file``."""
+
+    def __init__(self, file, image_shape: tuple[int, ...]):
+        self._file, self.image_shape, self.count = file, tuple(image_shape), 0
+
+    def extend(self, images: np.ndarray) -> None:
+        """Append uint8 images [n, *image_shape]."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(f"expected uint8 images [n, {', '.join(map(str, self.image_shape))}], "
+                             f"got {images.dtype} {list(images.shape)}")
+        self._file.write(np.ascontiguousarray(images).tobytes())
+        self.count += len(images)
+
+    def append(self, image: np.ndarray) -> None:
+        """Append one uint8 image of ``image_shape``."""
+        self.extend(np.asarray(image)[None])
+
+
+def cached_images(path: Path, key: dict, shape: tuple[int | None, ...], fill: Callable[[np.ndarray], dict],
                   what: str = "dataset") -> tuple[torch.Tensor, dict]:
     """(uint8 images ``shape``, meta) of the cache file ``path`` for ``key``, built first if needed.
 
     ``fill(out)`` writes the images into ``out``, uint8 ``shape`` (a memory map of the new file,
     so a build never holds the whole dataset in memory), and returns the meta to keep beside
-    them (JSON: names, labels...). If the cache cannot be written (a read-only folder), one
-    warning line says so and the images are built in memory instead.
+    them (JSON: names, labels...). With ``shape[0]`` None the count is found while building:
+    ``out`` is then an :class:`ImageAppender` that ``fill`` appends images of ``shape[1:]`` to.
+    If the cache cannot be written (a read-only folder), one warning line says so and the
+    images are built in memory instead.
     """
     found = load_images(path, key)
     if found is not None:
@@ -127,14 +155,19 @@ def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[
     def build(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(MAGIC + bytes(DATA_OFFSET - len(MAGIC)))
-            f.truncate(DATA_OFFSET + math.prod(shape))
-        meta = {}
-        if all(shape):
+            if shape[0] is None:  # appended while decoding
+                appender = ImageAppender(f, shape[1:])
+                meta = fill(appender)
+                built = (appender.count, *shape[1:])
+            else:
+                f.truncate(DATA_OFFSET + math.prod(shape))
+                built, meta = shape, {}
+        if shape[0] is not None and all(shape):
             out = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=DATA_OFFSET, shape=shape)
             meta = fill(out)
             out.flush()
             del out
-        header = json.dumps({"key": key, "shape": list(shape), "meta": meta}).encode("utf-8")
+        header = json.dumps({"key": key, "shape": list(built), "meta": meta}).encode("utf-8")
         with open(tmp, "r+b") as f:
             f.seek(len(MAGIC))
             f.write(len(header).to_bytes(8, "little"))
@@ -154,8 +187,14 @@ def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[
             raise
         print(f"warning: could not write the {what} cache {path} ({e.strerror or e}); every run will "
               "preprocess it again; set task.cache_dir to a writable folder", file=sys.stderr)
-        out = np.empty(shape, dtype=np.uint8)
-        meta = fill(out)
+        if shape[0] is None:
+            buffer = io.BytesIO()
+            appender = ImageAppender(buffer, shape[1:])
+            meta = fill(appender)
+            out = np.frombuffer(bytearray(buffer.getvalue()), dtype=np.uint8).reshape(appender.count, *shape[1:])
+        else:
+            out = np.empty(shape, dtype=np.uint8)
+            meta = fill(out)
         return torch.from_numpy(out), json.loads(json.dumps(meta))
     loaded = load_images(path, key)
     if loaded is None:
@@ -163,12 +202,13 @@ def cached_images(path: Path, key: dict, shape: tuple[int, ...], fill: Callable[
     return loaded
 
 
-def cached_class_dataset(cfg: StoredImagesConfig, folder: Path, name: str, key: dict, shape: tuple[int, ...],
+def cached_class_dataset(cfg: StoredImagesConfig, folder: Path, name: str, key: dict, shape: tuple[int | None, ...],
                          fill: Callable[[np.ndarray], dict], what: str) -> ImageClassDataset:
     """An :class:`ImageClassDataset` through the cache file ``name`` in ``cfg.cache_dir`` (default:
     :func:`default_cache_dir` of ``folder``, the dataset's files). ``fill(out)`` decodes the images
-    into ``out`` (uint8 ``shape`` = [N, C, S, S]) and returns {"class_names": [...], "labels":
-    [N ints]}; ``key`` says what the images were built from (sources, size, format)."""
+    into ``out`` (uint8 ``shape`` = [N, C, S, S], or an :class:`ImageAppender` when N is None)
+    and returns {"class_names": [...], "labels": [N ints]}; ``key`` says what the images were
+    built from (sources, size, format)."""
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(folder)
     images, meta = cached_images(cache_dir / name, key, shape, fill, what=what)
     return ImageClassDataset(images, torch.tensor(meta["labels"], dtype=torch.long), meta["class_names"])
