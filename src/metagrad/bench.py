@@ -10,9 +10,11 @@ what the training loop does per step: ``step.MetaStep`` (zero grads, the meta-gr
 chunk, Adam) on a fixed synthetic batch of the right shape (data loading is benchmarked apart,
 benchmarks/bench_sampler.py). A ``--learners`` row is instead the loop's whole iteration on a
 preset of that learner (its quick one where there is one): draw the meta-batch from the
-preset's own task source, move it to the device, meta-step; its ``sample_ms_per_it`` is the
-drawing and moving alone. Times are wall clock; on a shared CPU also read the CPU-time column
-and the load average that the run records.
+preset's own task source where the loop draws it (on the device when the source can move
+there), move it to the device if it is not there, meta-step; its ``sample_ms_per_it`` is the
+drawing and moving alone (on CUDA, their launch: the GPU's work lands in the meta-step's time).
+Times are wall clock; on a shared CPU also read the CPU-time column and the load average that
+the run records.
 """
 
 from __future__ import annotations
@@ -153,13 +155,14 @@ def measure_preset(cfg: BenchConfig, device: str, iters: int, warmup: int) -> di
     from .build import build_learner, build_task
     from .config import load_config, reads_data_dir, with_data_dir
     from .step import MetaStep
+    from .tasks.batch import place_source
     from .train import batch_to, iteration_generator, make_optimizer, seed_learner_rng
 
     run = load_config(cfg.preset, [*cfg.sets, f"train.compile={cfg.compile or 'off'}"])
     if cfg.data_dir and reads_data_dir(run):
         run = with_data_dir(run, cfg.data_dir)
     tc, dev, dtype = run.train, torch.device(device), getattr(torch, run.train.dtype)
-    tasks = build_task(run, "train")
+    tasks, task_device = place_source(build_task(run, "train"), dev)  # drawn where the loop draws them
     learner = build_learner(run, tasks).to(dev, dtype)
     optimizer, _ = make_optimizer(tc, learner.parameters())
     step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, compile=tc.compile, log=lambda m: None)
@@ -167,7 +170,7 @@ def measure_preset(cfg: BenchConfig, device: str, iters: int, warmup: int) -> di
 
     def iteration(i: int) -> None:
         t = time.perf_counter()
-        batch = batch_to(tasks.sample(tc.meta_batch, iteration_generator(tc.seed, 0, i)), dev, dtype)
+        batch = batch_to(tasks.sample(tc.meta_batch, iteration_generator(tc.seed, 0, i, task_device)), dev, dtype)
         sampling[i] = time.perf_counter() - t
         seed_learner_rng(tc.seed, 0, i)
         step(batch, tc.meta_batch)

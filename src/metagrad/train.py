@@ -1,13 +1,17 @@
 """The meta-training loop — one loop for every learner.
 
+    train_tasks -> the device (its ``to``, where it has one)
     for it in range(start, iterations):
-        batch = train_tasks.sample(local meta-batch, generator seeded by (seed, rank, it))
+        batch = train_tasks.sample(local meta-batch, generator seeded by (seed, rank, it), on that device)
         step(batch)                               # step.MetaStep: meta_loss per task chunk, all-reduce, optimizer
         log / validate / checkpoint               # rank 0 only
 
 Seeding each iteration's task generator, and torch's global RNG that a learner may draw from
 inside its meta-step (Reptile's inner mini-batches), from (seed, rank, iteration) makes a
 resumed run draw exactly the tasks and mini-batches the uninterrupted run would have drawn.
+On CUDA the tasks are drawn on the GPU by a CUDA generator, whose stream differs from a CPU
+generator's for the same seed: the tasks depend on (seed, rank, iteration, device type), so a
+run resumes bit for bit on the same kind of device (and is warned when it moves).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .learners.base import MetaLearner
 from .logger import MetricLogger
 from .rundir import locked
 from .step import MetaStep
-from .tasks.batch import TaskBatch, TaskSpec
+from .tasks.batch import TaskBatch, TaskSpec, place_source
 from .threads import choose_threads
 
 VAL_SEED = 1001
@@ -59,9 +63,10 @@ def iteration_seed(seed: int, rank: int, iteration: int) -> int:
     return ((seed * 1_000_003 + iteration) * 1009 + rank) % (2**63)
 
 
-def iteration_generator(seed: int, rank: int, iteration: int) -> torch.Generator:
-    """The task stream of one rank at one iteration."""
-    return torch.Generator().manual_seed(iteration_seed(seed, rank, iteration))
+def iteration_generator(seed: int, rank: int, iteration: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The task stream of one rank at one iteration, drawn on ``device``: the same seed on every
+    device, but a CUDA generator's stream is not a CPU generator's."""
+    return torch.Generator(device=device).manual_seed(iteration_seed(seed, rank, iteration))
 
 
 def seed_learner_rng(seed: int, rank: int, iteration: int) -> None:
@@ -227,6 +232,10 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         torch.set_num_threads(threads)
         if ctx.is_main:
             log(f"  CPU threads: {threads} ({why})")
+    train_tasks, task_device = place_source(train_tasks, device)  # where the meta-batches are drawn
+    if task_device.type != device.type and ctx.is_main:
+        log(f"  tasks: {type(train_tasks).__name__} cannot move to {device} (it has no to(device)); "
+            f"its tasks are drawn on the CPU and copied to {device} every iteration")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
     task_spec = TaskSpec.of(train_tasks).to_dict()
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
@@ -243,6 +252,10 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                 log(f"warning: this run was trained with {state.get('world_size', 1)} processes and resumes with "
                     f"{ctx.world}: it continues correctly, but from iteration {start} on it draws other tasks than "
                     "an uninterrupted run would (not bit-identical)")
+            if state.get("task_device", "cpu") != task_device.type:
+                log(f"warning: this run drew its tasks on the {state.get('task_device', 'cpu')} and now draws them on "
+                    f"the {task_device.type}, whose random stream differs: from iteration {start} on it draws other "
+                    "tasks than an uninterrupted run would (not bit-identical)")
     step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile,
                     log=log if ctx.is_main else (lambda message: None))
 
@@ -262,6 +275,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                     "scheduler": scheduler.state_dict(),
                     "task_spec": task_spec,
                     "world_size": ctx.world,
+                    "task_device": task_device.type,  # the tasks depend on it (module doc)
                     "train_seconds": seconds_before + time.time() - t0,
                 },
             )
@@ -293,7 +307,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
-                batch = batch_to(train_tasks.sample(local, iteration_generator(tc.seed, ctx.rank, iteration)), device, dtype)
+                generator = iteration_generator(tc.seed, ctx.rank, iteration, task_device)
+                batch = batch_to(train_tasks.sample(local, generator), device, dtype)  # no copy when drawn on device
                 seed_learner_rng(tc.seed, ctx.rank, iteration)
                 stats = step(batch, tc.meta_batch)
                 scheduler.step()

@@ -75,6 +75,14 @@ class TaskSource(Protocol):
 
     ``kind`` is "regression" or "classification"; ``input_shape`` the shape of one example;
     ``n_outputs`` the model's output width (D for regression, N ways for classification).
+
+    ``sample`` draws every random number from ``generator`` and creates its tensors on
+    ``generator.device``. A source may also offer ``to(device)`` (optional): it moves its data
+    there and returns itself; from then on a generator on ``device`` makes ``sample`` draw the
+    whole batch on ``device``, with no host<->device copy and no host synchronisation (no
+    ``.item()``, ``.tolist()``, ``int``/``bool`` of a tensor, nor branching on a tensor's value).
+    The same code runs on every device; a CPU generator gives the same tasks as ever. The
+    training loop calls :func:`place_source`.
     """
 
     kind: str
@@ -84,3 +92,12 @@ class TaskSource(Protocol):
     def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         """Draw ``batch_size`` tasks; the same generator state always gives the same tasks."""
         ...
+
+
+def place_source(source, device: torch.device):
+    """(source, the device its tasks are drawn on): a source offering ``to`` moves to ``device``
+    and draws there; one without stays on the CPU, drawing with a CPU generator, and its batches
+    are copied to ``device`` as they come."""
+    if callable(getattr(source, "to", None)):
+        return source.to(device), torch.device(device)
+    return source, torch.device("cpu")

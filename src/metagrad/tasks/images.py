@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import math
 
@@ -77,13 +77,14 @@ def random_subsets(rows: int, n: int, k: int, generator: torch.Generator) -> Ten
     """``rows`` independent uniformly random ordered k-subsets of 0..n-1, long [rows, k].
 
     Floyd's algorithm vectorised over rows (k small steps, O(rows·k²) work independent of n),
-    then a random permutation of each subset.
+    then a random permutation of each subset. Runs on ``generator.device``.
     """
-    out = torch.empty(rows, k, dtype=torch.long)
+    dev = generator.device
+    out = torch.empty(rows, k, dtype=torch.long, device=dev)
     for j, m in enumerate(range(n - k, n)):
-        t = torch.randint(m + 1, (rows,), generator=generator)
+        t = torch.randint(m + 1, (rows,), generator=generator, device=dev)
         out[:, j] = torch.where((out[:, :j] == t[:, None]).any(1), m, t)
-    return out.gather(1, torch.rand(rows, k, generator=generator).argsort(dim=1))
+    return out.gather(1, torch.rand(rows, k, generator=generator, device=dev).argsort(dim=1))
 
 
 @dataclass
@@ -127,12 +128,13 @@ def random_affine_maps(M: int, generator: torch.Generator) -> Tensor:
     """M random affine maps of Koch et al. (2015), as ``F.affine_grid``'s theta float64 [M, 2, 3]
     (output -> input, coordinates -1..1 across the image): rotation in ±10°, shears ρx, ρy in
     ±0.3, scales sx, sy in 1 ± 0.2, translations in ±2 px at 105 px (±1.9 % of the side), each of
-    the seven components present with probability 1/2."""
-    u = torch.rand(M, 7, generator=generator, dtype=torch.float64) * 2 - 1  # [-1, 1]
-    u = u * (torch.rand(M, 7, generator=generator, dtype=torch.float64) < 0.5)
+    the seven components present with probability 1/2. Drawn on ``generator.device``."""
+    dev = generator.device
+    u = torch.rand(M, 7, generator=generator, dtype=torch.float64, device=dev) * 2 - 1  # [-1, 1]
+    u = u * (torch.rand(M, 7, generator=generator, dtype=torch.float64, device=dev) < 0.5)
     r = AFFINE_RANGES
     angle = u[:, 0] * math.radians(r["rotation_deg"])
-    one = torch.ones(M, dtype=torch.float64)
+    one = torch.ones(M, dtype=torch.float64, device=dev)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     shear = torch.stack([torch.stack([one, u[:, 1] * r["shear"]], -1), torch.stack([u[:, 2] * r["shear"], one], -1)], -2)
@@ -172,6 +174,11 @@ class EpisodeSampler:
     drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
     with B·N·(largest class size) for the choice of images within each class (B·classes
     within a group).
+
+    The indices are drawn on the generator's device (its lookup tables are copied there once)
+    and the images gathered on the images' device. After :meth:`to` a GPU, a generator on that
+    GPU draws the whole batch there with no host<->device copy and no host synchronisation; a
+    CPU generator gives the same tasks as ever (one code path, bit for bit).
     """
 
     kind = "classification"
@@ -197,15 +204,24 @@ class EpisodeSampler:
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.input_shape = tuple(dataset.images.shape[1:])
         self.n_outputs = ways
-        self._counts = counts
-        self._order = torch.argsort(dataset.labels, stable=True)  # image ids grouped by class
-        self._starts = torch.cumsum(counts, 0) - counts  # first position of each class in _order
         self._max_count = int(counts.max())
         self.within_group, self.shared_sources, self.augment = within_group, shared_sources, augment
+        tables = {
+            "counts": counts,  # images per class
+            "order": torch.argsort(dataset.labels, stable=True),  # image ids grouped by class
+            "starts": torch.cumsum(counts, 0) - counts,  # first position of each class in "order"
+        }
         if within_group:
-            self._group_of, self._groups = self._group_ids(dataset, ways, name)
+            tables["group_of"], tables["groups"] = self._group_ids(dataset, ways, name)
         if shared_sources:
-            self._by_source = self._source_table(dataset, name)  # K+Q <= images per class = sources
+            tables["by_source"] = self._source_table(dataset, name)  # K+Q <= images per class = sources
+        self._tables = {torch.device("cpu"): tables}  # device -> the lookup tables on it
+
+    def _lookup(self, device: torch.device) -> dict[str, Tensor]:
+        """The lookup tables :meth:`sample_indices` reads, on ``device`` (copied there once)."""
+        if device not in self._tables:
+            self._tables[device] = {k: v.to(device) for k, v in self._tables[torch.device("cpu")].items()}
+        return self._tables[device]
 
     @staticmethod
     def _group_ids(dataset: ImageClassDataset, ways: int, name: str) -> tuple[Tensor, Tensor]:
@@ -245,40 +261,48 @@ class EpisodeSampler:
         return float(sample.flatten().median()) / 255.0
 
     def to(self, device) -> "EpisodeSampler":
-        """Keep the images on ``device`` (e.g. a GPU) so batches are gathered there."""
-        self.dataset.images = self.dataset.images.to(device)
+        """Keep the images, and the lookup tables, on ``device`` (e.g. a GPU): with a generator
+        on ``device``, :meth:`sample` then draws and gathers whole batches there. The dataset
+        object given to the constructor is left where it was (it may be shared)."""
+        self.dataset = replace(self.dataset, images=self.dataset.images.to(device))
+        self._lookup(self.dataset.images.device)
         return self
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Image ids and labels of a batch: support ids/labels [B, N*K], query ids/labels [B, N*Q]."""
+        """Image ids and labels of a batch: support ids/labels [B, N*K], query ids/labels [B, N*Q],
+        all on ``generator.device`` (no host synchronisation: nothing here reads a tensor's value)."""
         B, N, K, Q = batch_size, self.ways, self.shots, self.queries
+        dev = generator.device
+        t = self._lookup(dev)
+        n_classes = len(t["counts"])
         # A random ordered subset of N classes per task; label j is the class in column j.
         if self.within_group:  # one eligible group per task, then N of its classes in random order
-            group = self._groups[torch.randint(len(self._groups), (B,), generator=generator)]
-            scores = torch.rand(B, len(self._counts), generator=generator, dtype=torch.float64)
-            scores.masked_fill_(self._group_of != group[:, None], -1.0)
+            group = t["groups"][torch.randint(len(t["groups"]), (B,), generator=generator, device=dev)]
+            scores = torch.rand(B, n_classes, generator=generator, dtype=torch.float64, device=dev)
+            scores.masked_fill_(t["group_of"] != group[:, None], -1.0)
             classes = scores.argsort(dim=1, descending=True)[:, :N]
         else:
-            classes = random_subsets(B, len(self._counts), N, generator)
+            classes = random_subsets(B, n_classes, N, generator)
         if self.shared_sources:  # K+Q distinct sources per task, the same for all its classes
-            sources = random_subsets(B, self._by_source.shape[1], K + Q, generator)
-            ids = self._by_source[classes[..., None], sources[:, None, :]]  # [B, N, K+Q]
+            sources = random_subsets(B, t["by_source"].shape[1], K + Q, generator)
+            ids = t["by_source"][classes[..., None], sources[:, None, :]]  # [B, N, K+Q]
         else:  # K+Q distinct positions inside each chosen class (padding beyond a class's size never wins)
-            scores = torch.rand(B, N, self._max_count, generator=generator, dtype=torch.float64)
-            scores.masked_fill_(torch.arange(self._max_count) >= self._counts[classes][..., None], -1.0)
+            scores = torch.rand(B, N, self._max_count, generator=generator, dtype=torch.float64, device=dev)
+            scores.masked_fill_(torch.arange(self._max_count, device=dev) >= t["counts"][classes][..., None], -1.0)
             pos = scores.argsort(dim=-1, descending=True)[..., : K + Q]  # [B, N, K+Q]
-            ids = self._order[self._starts[classes][..., None] + pos]
-        labels = torch.arange(N).view(1, N, 1).expand(B, N, K + Q)
+            ids = t["order"][t["starts"][classes][..., None] + pos]
+        labels = torch.arange(N, device=dev).view(1, N, 1).expand(B, N, K + Q)
 
         def shuffled(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
             i, y = i.reshape(B, -1), y.reshape(B, -1)
-            perm = torch.rand(i.shape, generator=generator).argsort(dim=1)
+            perm = torch.rand(i.shape, generator=generator, device=dev).argsort(dim=1)
             return i.gather(1, perm), y.gather(1, perm)
 
         return (*shuffled(ids[..., :K], labels[..., :K]), *shuffled(ids[..., K:], labels[..., K:]))
 
     def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
-        """Draw ``batch_size`` tasks; the same generator state always gives the same tasks."""
+        """Draw ``batch_size`` tasks; the same generator state always gives the same tasks. The
+        batch lies on the images' device (indices drawn elsewhere are copied there)."""
         s_ids, s_y, q_ids, q_y = self.sample_indices(batch_size, generator)
         images = self.dataset.images
         dev = images.device

@@ -29,7 +29,8 @@ class QuadraticConfig(HParams):
 class Quadratic:
     """f(θ) = ‖Wθ − y‖² as D regression examples (rows of √D·W, targets √D·y).
 
-    support_x = query_x float32 [B, D, D]; support_y = query_y [B, D, 1]."""
+    support_x = query_x float32 [B, D, D]; support_y = query_y [B, D, 1], drawn on the
+    generator's device (the source holds no data: :meth:`to` has nothing to move)."""
 
     kind = "regression"
     n_outputs = 1
@@ -38,11 +39,15 @@ class Quadratic:
         self.cfg = cfg
         self.input_shape = (cfg.dims,)
 
+    def to(self, device) -> "Quadratic":
+        """Nothing to move: :meth:`sample` draws on its generator's device."""
+        return self
+
     def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         D = self.cfg.dims
         draw = torch.rand if self.cfg.entries == "uniform" else torch.randn
-        w = draw(batch_size, D, D, generator=generator, dtype=torch.float64)
-        y = draw(batch_size, D, 1, generator=generator, dtype=torch.float64)
+        w = draw(batch_size, D, D, generator=generator, dtype=torch.float64, device=generator.device)
+        y = draw(batch_size, D, 1, generator=generator, dtype=torch.float64, device=generator.device)
         x, y = (math.sqrt(D) * w).float(), (math.sqrt(D) * y).float()
         return TaskBatch(x, y, x, y)
 

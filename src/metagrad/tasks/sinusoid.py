@@ -31,7 +31,11 @@ class SinusoidConfig(HParams):
 
 
 class Sinusoid:
-    """Sinusoid regression: y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]."""
+    """Sinusoid regression: y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5].
+
+    Tasks are drawn on the generator's device (a CUDA generator: on the GPU, with no host copy
+    or synchronisation); the source holds no data, so :meth:`to` has nothing to move.
+    """
 
     kind = "regression"
     input_shape = (1,)
@@ -40,10 +44,14 @@ class Sinusoid:
     def __init__(self, cfg: SinusoidConfig = SinusoidConfig()):
         self.cfg = cfg
 
+    def to(self, device) -> "Sinusoid":
+        """Nothing to move: :meth:`sample` draws on its generator's device."""
+        return self
+
     def sample_params(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes and phases, each [B]."""
         c = self.cfg
-        u = torch.rand(2, batch_size, generator=generator, dtype=torch.float64)
+        u = torch.rand(2, batch_size, generator=generator, dtype=torch.float64, device=generator.device)
         amp = c.amplitude_min + (c.amplitude_max - c.amplitude_min) * u[0]
         phase = c.phase_min + (c.phase_max - c.phase_min) * u[1]
         return amp, phase
@@ -59,8 +67,9 @@ class Sinusoid:
         and the task's description for the title."""
         c = self.cfg
         amp, phase = self.sample_params(1, generator)
-        sx = c.x_min + (c.x_max - c.x_min) * torch.rand(1, c.shots, 1, generator=generator, dtype=torch.float64)
-        grid = torch.linspace(c.x_min, c.x_max, points, dtype=torch.float64).view(1, -1, 1)
+        dev = generator.device
+        sx = c.x_min + (c.x_max - c.x_min) * torch.rand(1, c.shots, 1, generator=generator, dtype=torch.float64, device=dev)
+        grid = torch.linspace(c.x_min, c.x_max, points, dtype=torch.float64, device=dev).view(1, -1, 1)
         batch = TaskBatch(sx, self.target(sx, amp, phase), grid, self.target(grid, amp, phase))
         return batch, f"held-out sine: A={amp.item():.2f}, phase={phase.item():.2f}"
 
@@ -68,7 +77,8 @@ class Sinusoid:
         c = self.cfg
         amp, phase = self.sample_params(batch_size, generator)
         n = c.shots + c.queries
-        x = c.x_min + (c.x_max - c.x_min) * torch.rand(batch_size, n, 1, generator=generator, dtype=torch.float64)
+        x = c.x_min + (c.x_max - c.x_min) * torch.rand(batch_size, n, 1, generator=generator, dtype=torch.float64,
+                                                       device=generator.device)
         y = self.target(x, amp, phase)
         x, y = x.float(), y.float()
         return TaskBatch(x[:, : c.shots], y[:, : c.shots], x[:, c.shots :], y[:, c.shots :])
