@@ -16,6 +16,7 @@ where there is one), so a newly registered learner is checked with no change her
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -32,9 +33,17 @@ from metagrad.build import build_task
 
 
 def presets_of(learner: str) -> list[str]:
-    """A learner's presets, quickest first (regression, then "quick", then 5-way)."""
+    """A learner's presets, quickest first (regression, then "quick", then 5-way, then smaller images)."""
     names = [n for n in preset_names() if load_preset(n)["learner"]["name"] == learner]
-    return sorted(names, key=lambda n: ("sine" not in n, "quick" not in n, "20w" in n, n))
+    return sorted(names, key=lambda n: ("sine" not in n, "quick" not in n, "20w" in n, image_size(n), n))
+
+
+def image_size(preset: str) -> float:
+    """The side of a preset's images (0: not images; inf: the preset needs the user's --set)."""
+    try:
+        return getattr(load_config(preset).task.hp, "image_size", 0)
+    except ConfigError:  # folder-quick: task.path
+        return math.inf
 
 
 def tiny_task(cfg, seed: int):
