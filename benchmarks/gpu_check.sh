@@ -10,7 +10,8 @@
 #      tensorboard are installed).
 # Run from anywhere:  bash benchmarks/gpu_check.sh [RESULTS_DIR]   (default: ./gpu-check-results)
 # It uses the checkout's src/ through PYTHONPATH, so `pip install -e .` is not needed; it needs
-# torch with CUDA, numpy, pillow, tqdm and pytest. Any failure stops it with a non-zero status.
+# torch with CUDA, numpy, pillow, tqdm and pytest (not pytest-xdist: its tests run in one process,
+# one GPU). Any failure stops it with a non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${1:-gpu-check-results}"
@@ -34,7 +35,7 @@ print(f"metagrad from {metagrad.__file__}")
 EOF
 
 echo "== gradient-equality tests on CUDA"
-METAGRAD_TEST_DEVICE=cuda METAGRAD_TEST_COMPILE_BACKEND=inductor "$PY" -m pytest -q -p no:cacheprovider \
+METAGRAD_TEST_DEVICE=cuda METAGRAD_TEST_COMPILE_BACKEND=inductor "$PY" -m pytest -q -p no:cacheprovider -o addopts="-ra" \
     tests/test_maml_math.py tests/test_scale.py \
     "tests/test_distributed.py::test_two_ranks_take_the_step_of_one_process_with_the_whole_meta_batch" \
     2>&1 | tee "$RESULTS/tests.txt"

@@ -93,18 +93,23 @@ def configs() -> list[BenchConfig]:
 
 
 def learner_presets() -> dict[str, str]:
-    """Registered learner -> the preset that times it: of its presets whose task needs no
-    user folder, a "-quick" one, else a 5-way 1-shot one, else the first."""
-    from .config import load_preset, preset_names
+    """Registered learner -> the preset that times it: of its presets that resolve without the
+    user's --set (a user folder's path), a "-quick" one, else a 5-way 1-shot one, one on small
+    images (at most CIFAR's 32 px) before one on large images (84-px ImageNet benchmarks, whose
+    files a user brings), else the first by name."""
+    from .config import load_config, preset_names
+    from .errors import ConfigError
     from .registry import LEARNERS
 
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[tuple]] = {}
     for name in preset_names():
-        raw = load_preset(name)
-        if raw["task"]["name"] != "folder":  # needs --data folder:PATH
-            found.setdefault(raw["learner"]["name"], []).append(name)
-    rank = lambda p: (not p.endswith("quick"), "5w1s" not in p, p)  # noqa: E731
-    return {learner: min(found[learner], key=rank) for learner in LEARNERS.names() if learner in found}
+        try:
+            cfg = load_config(name)
+        except ConfigError:  # needs the user's --set, e.g. --data folder:PATH
+            continue
+        rank = (not name.endswith("quick"), "5w1s" not in name, getattr(cfg.task.hp, "image_size", 0) > 32, name)
+        found.setdefault(cfg.learner.name, []).append(rank)
+    return {learner: min(found[learner])[-1] for learner in LEARNERS.names() if learner in found}
 
 
 def learner_configs(names: str, sets: tuple[str, ...] = (), data_dir: str = "", compile: str = "") -> list[BenchConfig]:
