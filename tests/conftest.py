@@ -13,11 +13,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def pytest_collection_finish(session):
-    """Obtain the Omniglot files once, before any test runs, if a collected test needs them;
-    without them (no copy, no network) stop with one line instead of an error per test."""
-    if session.config.option.collectonly or not any("shared_data" in item.fixturenames for item in session.items):
-        return
+def _provide(session) -> None:
+    """Obtain the Omniglot files (omniglot_data.provide); without them (no copy, no network)
+    stop with one line instead of an error per test."""
     from omniglot_data import provide
 
     from metagrad.errors import DataError
@@ -28,6 +26,22 @@ def pytest_collection_finish(session):
         session.config.stash[DATA] = provide(say)
     except DataError as e:
         pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """Under pytest-xdist the controller, which collects nothing, obtains the files once before
+    the workers start (a worker that stopped the run would crash it instead of saying why)."""
+    if session.config.pluginmanager.has_plugin("dsession") and not session.config.option.collectonly:
+        _provide(session)
+
+
+def pytest_collection_finish(session):
+    """In one process, or in an xdist worker: obtain the files before any test runs, if a
+    collected test needs them (in a worker the controller already has, so this only finds them)."""
+    if session.config.option.collectonly or not any("shared_data" in item.fixturenames for item in session.items):
+        return
+    _provide(session)
 
 
 DATA = pytest.StashKey[Path]()
