@@ -13,6 +13,19 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """What the code keeps in the user cache ($XDG_CACHE_HOME: decoded image folders) goes to a
+    temporary folder during the tests, never to the real one."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 def _provide(session) -> None:
     """Obtain the Omniglot files (omniglot_data.provide); without them (no copy, no network)
     stop with one line instead of an error per test."""

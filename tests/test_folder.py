@@ -1,6 +1,7 @@
 """A user's own image folders: loading, splits, episodes, the adapt helpers and bad input."""
 
 import random
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,29 @@ def test_folder_task_splits_are_class_disjoint_and_sample(classes):
     again = make_folder(cfg, "train").sample(3, torch.Generator().manual_seed(0))
     assert torch.equal(again.query_x, b.query_x)  # same folder, same seed -> same tasks
     assert TASKS.get("folder").factory is make_folder and TASKS.get("folder").hparams is FolderConfig
+
+
+def test_folder_images_are_decoded_once_into_the_user_cache_until_a_file_changes(classes, monkeypatch):
+    from metagrad.tasks import folder
+    from metagrad.tasks.store import user_cache_dir
+
+    cfg = build_dataclass(FolderConfig, {"path": str(classes), "ways": 2}, "task")
+    listing = sorted(p for p in classes.rglob("*"))
+    first = make_folder(cfg, "train")
+    assert sorted(p for p in classes.rglob("*")) == listing  # nothing written into the user's folder
+    [cache] = user_cache_dir(classes).glob("folder-*.28px.cache")  # the train split's
+    assert cache.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
+    real = folder.read_image
+    monkeypatch.setattr(folder, "read_image", lambda *a: pytest.fail("decoded again"))
+    again = make_folder(cfg, "train")
+    assert torch.equal(again.dataset.images, first.dataset.images) and again.dataset.paths == first.dataset.paths
+    changed = Path(first.dataset.paths[0])
+    save_image(changed, (9, 9), "L", 255)  # a replaced image is decoded again
+    monkeypatch.setattr(folder, "read_image", real)
+    rebuilt = make_folder(cfg, "train")
+    assert not torch.equal(rebuilt.dataset.images[0], first.dataset.images[0])
+    assert torch.equal(rebuilt.dataset.images[1:], first.dataset.images[1:])
+    assert cache.is_file()
 
 
 def test_split_rule(tmp_path):

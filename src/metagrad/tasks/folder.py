@@ -6,8 +6,10 @@ Any file Pillow reads with one of :data:`IMAGE_EXTENSIONS` counts (hidden files 
 are skipped, other files ignored). Each image is turned upright by its EXIF orientation,
 flattened onto white if it has transparency, converted to ``channels`` (1 = grayscale,
 3 = RGB) and resized to ``image_size`` x ``image_size`` with Pillow's LANCZOS filter — the
-aspect ratio is not kept, so crop beforehand if that matters. Images are decoded on every
-load (no cache).
+aspect ratio is not kept, so crop beforehand if that matters. The images of each split are
+decoded once into the image cache (store.py), in ``task.cache_dir`` or else the user cache
+(``~/.cache/metagrad/preprocessed/``, never inside your folder), and memory-mapped by later runs
+until an image is changed, added or removed.
 
 Splits for meta-training are class-disjoint, as few-shot evaluation requires: the sorted
 class names are shuffled with a fixed seed (0), the first ``round(test_fraction * classes)``
@@ -19,6 +21,7 @@ The ``adapt`` command's helpers: :func:`load_support_folder`, :func:`load_query_
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +33,11 @@ from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
 from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
-from .store import read_image
+from .store import cached_images, read_image, user_cache_dir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
+CACHE_FORMAT = 1
 
 
 @dataclass
@@ -43,6 +47,7 @@ class FolderConfig(EpisodeConfig):
     channels: int = choice(1, (1, 3))
     val_fraction: float = nonnegative(0.2)  # share of the classes held out for "val"
     test_fraction: float = nonnegative(0.2)  # share of the classes held out for "test"
+    cache_dir: str | None = None  # the decoded images; None: the user cache (~/.cache/metagrad), never inside path
 
     def validate(self):
         super().validate()
@@ -77,20 +82,33 @@ def class_folders(root: str | Path) -> list[Path]:
     return dirs
 
 
-def _read_all(files: list[Path], image_size: int, channels: int, desc: str) -> torch.Tensor:
-    """uint8 [len(files), C, S, S]."""
-    out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
+def _read_all(files: list[Path], image_size: int, channels: int, desc: str, out: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 [len(files), C, S, S], decoded into ``out`` when given."""
+    out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8) if out is None else out
     for i, f in enumerate(tqdm(files, desc=desc, unit="img", disable=True if len(files) < 500 else None)):
         out[i] = read_image(f, image_size, channels)
     return torch.from_numpy(out)
 
 
+def _files_key(files: list[Path], labels: list[int]) -> str:
+    """A digest of the files' paths, sizes, modification times and labels: a changed, added,
+    removed or moved image changes it."""
+    digest = hashlib.sha256()
+    for f, c in zip(files, labels):
+        st = f.stat()
+        digest.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n".encode())
+    return digest.hexdigest()
+
+
 def load_class_folders(
-    dirs: list[Path], image_size: int = 28, channels: int = 1, min_images: int = 1, need: str = ""
+    dirs: list[Path], image_size: int = 28, channels: int = 1, min_images: int = 1, need: str = "",
+    cache_dir: Path | None = None,
 ) -> ImageClassDataset:
     """Images of the given class folders (class name = folder name), images uint8 [N, C, S, S].
 
-    Every folder must hold at least ``min_images`` images; ``need`` says why in the error.
+    Every folder must hold at least ``min_images`` images; ``need`` says why in the error. With
+    ``cache_dir`` the images are decoded once into the image cache there (store.py) and
+    memory-mapped by later calls until a file changes.
     """
     files, labels = [], []
     for c, d in enumerate(dirs):
@@ -102,7 +120,20 @@ def load_class_folders(
             )
         files += found
         labels += [c] * len(found)
-    images = _read_all(files, image_size, channels, f"reading {dirs[0].parent}")
+    desc = f"reading {dirs[0].parent}"
+    if cache_dir is None:
+        images = _read_all(files, image_size, channels, desc)
+    else:
+        key = {"format": CACHE_FORMAT, "image_size": image_size, "channels": channels, "filter": "lanczos",
+               "files": _files_key(files, labels)}
+        name = hashlib.sha256("\n".join(str(d.resolve()) for d in dirs).encode()).hexdigest()[:12]
+
+        def fill(out: np.ndarray) -> dict:
+            _read_all(files, image_size, channels, desc, out)
+            return {}
+
+        images, _ = cached_images(Path(cache_dir) / f"folder-{name}.{image_size}px.cache", key,
+                                  (len(files), channels, image_size, image_size), fill, what="image folder")
     return ImageClassDataset(
         images, torch.tensor(labels, dtype=torch.long), [d.name for d in dirs], [str(f) for f in files]
     )
@@ -171,6 +202,7 @@ def make_folder(cfg: FolderConfig, split: str) -> EpisodeSampler:
             if split != "train"
             else f"{cfg.path}: no classes left for training; lower task.val_fraction / task.test_fraction"
         )
-    data = load_class_folders(dirs, cfg.image_size, cfg.channels)
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir(Path(cfg.path).expanduser())
+    data = load_class_folders(dirs, cfg.image_size, cfg.channels, cache_dir=cache)
     return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the {split} split of {cfg.path}",
                           augment=split_augment(cfg, split))

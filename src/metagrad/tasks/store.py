@@ -78,10 +78,14 @@ def default_cache_dir(folder: Path) -> Path:
     if writable, else ``<user cache>/metagrad/preprocessed/<hash of folder>`` (a shared,
     read-only dataset folder), the user cache being ``$XDG_CACHE_HOME`` or ``~/.cache``."""
     folder = Path(folder)
-    if os.access(folder, os.W_OK):
-        return folder
+    return folder if os.access(folder, os.W_OK) else user_cache_dir(folder)
+
+
+def user_cache_dir(folder: Path) -> Path:
+    """``<user cache>/metagrad/preprocessed/<hash of folder>``: the cache of a folder's images
+    kept outside it, the user cache being ``$XDG_CACHE_HOME`` or ``~/.cache``."""
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
     return user_cache / "metagrad" / "preprocessed" / digest
 
 
