@@ -6,7 +6,7 @@ year, so nothing is ever downloaded: each split is built from the first of these
 
 mini-ImageNet (``<data_dir>/mini-imagenet/``):
 
-a. **Ravi form**: ``images/`` holding ``nXXXXXXXX000000KK.jpg`` (the renamed 600 images per
+a. **Ravi form**: ``images/`` holding ``<wnid>000000KK.jpg`` (the renamed 600 images per
    class) and the split CSVs ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``);
    without your own CSVs the shipped Ravi & Larochelle lists are used.
 b. **pickle form**: ``mini-imagenet-cache-{train,val,test}.pkl`` (a dict with "image_data",
@@ -330,7 +330,7 @@ def find_source(dataset: str, cfg: ImageNetConfig, split: str) -> tuple[str, lis
         return "ilsvrc-tar", [root / ILSVRC_TAR]
     if (root / "train").is_dir():
         return "ilsvrc-folder", [root / "train"]
-    own = (f"put its images/ folder (nXXXXXXXX000000KK.jpg; with your train.csv/val.csv/test.csv beside it, or the "
+    own = (f"put its images/ folder (<wnid>000000KK.jpg; with your train.csv/val.csv/test.csv beside it, or the "
            f"shipped Ravi & Larochelle lists are used) or mini-imagenet-cache-{split}.pkl in {folder}/" if dataset == MINI
            else f"put {split}_images_png.pkl and {split}_labels.pkl in {folder}/")
     raise DataError(f"{TITLE[dataset]} {split} split not found: {own}, or your ILSVRC-2012 training set "
