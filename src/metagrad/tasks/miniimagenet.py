@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -63,7 +62,7 @@ from ..errors import DataError
 from ..registry import TASKS
 from .files import archive_files, dataset_dir, load_data_pickle
 from .images import EpisodeSampler, ImageClassDataset, episode_shape, split_augment
-from .store import StoredImagesConfig, cached_images, default_cache_dir, load_images, read_image, source_key
+from .store import StoredImagesConfig, cache_file, cached_images, class_dataset, load_images, read_image, source_key
 
 MINI, TIERED = "mini-imagenet", "tiered-imagenet"
 TITLE = {MINI: "mini-ImageNet", TIERED: "tieredImageNet"}
@@ -374,8 +373,7 @@ def imagenet_dataset(dataset: str, cfg: ImageNetConfig, split: str) -> ImageClas
     key = {"format": CACHE_FORMAT, "dataset": dataset, "split": split, "form": form, "image_size": size,
            "filter": "lanczos", "sources": srcs, "rows": _digest(split_rows) if split_rows is not None else None}
     home = sources[0].parent
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(home)
-    cache = cache_dir / f"{dataset}-{split}-{form}.{size}px.cache"
+    cache = cache_file(cfg, home, f"{dataset}-{split}-{form}.{size}px.cache")
     found = load_images(cache, key)  # a built cache is mapped without reading the sources
     if found is None:
         if form == "ravi":
@@ -385,9 +383,7 @@ def imagenet_dataset(dataset: str, cfg: ImageNetConfig, split: str) -> ImageClas
         else:
             shape, fill = _ilsvrc_fill(dataset, split, home, form, size)
         found = cached_images(cache, key, shape, fill, what=TITLE[dataset])
-    images, meta = found
-    return ImageClassDataset(images, torch.tensor(meta["labels"], dtype=torch.long), meta["class_names"],
-                             class_groups=meta.get("class_groups"))
+    return class_dataset(*found)
 
 
 def _sampler(dataset: str, cfg: ImageNetConfig, split: str) -> EpisodeSampler:

@@ -213,6 +213,18 @@ def cached_class_dataset(cfg: StoredImagesConfig, folder: Path, name: str, key: 
     into ``out`` (uint8 ``shape`` = [N, C, S, S], or an :class:`ImageAppender` when N is None)
     and returns {"class_names": [...], "labels": [N ints]}; ``key`` says what the images were
     built from (sources, size, format)."""
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(folder)
-    images, meta = cached_images(cache_dir / name, key, shape, fill, what=what)
-    return ImageClassDataset(images, torch.tensor(meta["labels"], dtype=torch.long), meta["class_names"])
+    images, meta = cached_images(cache_file(cfg, folder, name), key, shape, fill, what=what)
+    return class_dataset(images, meta)
+
+
+def cache_file(cfg: StoredImagesConfig, folder: Path, name: str) -> Path:
+    """The cache file ``name`` of a dataset whose files are in ``folder``: in ``cfg.cache_dir``,
+    else :func:`default_cache_dir` of ``folder``."""
+    return (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(folder)) / name
+
+
+def class_dataset(images: torch.Tensor, meta: dict) -> ImageClassDataset:
+    """An :class:`ImageClassDataset` of cached images and their meta ("labels", "class_names",
+    optionally "class_groups")."""
+    return ImageClassDataset(images, torch.tensor(meta["labels"], dtype=torch.long), meta["class_names"],
+                             class_groups=meta.get("class_groups"))
