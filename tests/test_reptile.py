@@ -169,6 +169,53 @@ def test_non_transductive_prediction_sees_support_plus_one_query():
     torch.testing.assert_close(learner.predict(params, batch.support_x, batch.query_x), torch.stack([model(batch.query_x[b]) for b in range(2)]))
 
 
+@pytest.mark.parametrize("eval_steps", [0, 1, 7])
+def test_evaluation_adapts_for_the_configured_test_steps(eval_steps):
+    """adapt() and the "N steps" report take exactly ``eval_steps`` full-batch SGD steps at test
+    time (the reference's --eval-iters), checked against torch.optim.SGD on a copy of the model."""
+    torch.manual_seed(0)
+    model = tiny_model(hidden=(8,))
+    hp = ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch=4, eval_steps=eval_steps, eval_inner_batch=0)
+    learner = Reptile(hp, model, "regression")
+    batch = sine_batch(tasks=2)
+    adapted = learner.adapt(batch.support_x, batch.support_y)(batch.query_x)
+    reported = learner.eval_predictions(batch)[Reptile.step_label(eval_steps)]
+    for b in range(2):
+        copy = tiny_model(hidden=(8,))
+        copy.load_state_dict(model.state_dict())
+        sgd = torch.optim.SGD(copy.parameters(), lr=0.1)
+        for _ in range(eval_steps):
+            sgd.zero_grad()
+            nn.functional.mse_loss(copy(batch.support_x[b]), batch.support_y[b]).backward()
+            sgd.step()
+        expected = copy(batch.query_x[b]).detach()
+        torch.testing.assert_close(adapted[b], expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(reported[b], expected, rtol=1e-9, atol=1e-12)
+
+
+# supervised-reptile's archived README (commit 5d5589cc), flag for flag:
+# train-shots, inner-batch, inner-iters, learning-rate, meta-batch, meta-iters, eval-batch, eval-iters
+ARCHIVED_README = {
+    "reptile-omniglot-5w1s": (5, 1, 10, 10, 5, 0.001, 5, 100000, 5, 50),
+    "reptile-omniglot-5w1s-transductive": (5, 1, 10, 10, 5, 0.001, 5, 100000, 5, 50),
+    "reptile-omniglot-5w5s": (5, 5, 10, 10, 5, 0.001, 5, 100000, 5, 50),
+    "reptile-omniglot-20w1s": (20, 1, 10, 20, 10, 0.0005, 5, 200000, 10, 50),
+    "reptile-omniglot-20w5s": (20, 5, 10, 20, 10, 0.0005, 5, 200000, 10, 50),
+    "reptile-miniimagenet-5w1s": (5, 1, 15, 10, 8, 0.001, 5, 100000, 5, 50),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(ARCHIVED_README))
+def test_presets_are_the_reference_commands(preset):
+    cfg = load_config(preset)
+    t, h, tr = cfg.task.hp, cfg.learner.hp, cfg.train
+    ours = (t.ways, t.shots, t.shots + t.queries, h.inner_batch, h.inner_steps, h.inner_lr, tr.meta_batch, tr.iterations,
+            h.eval_inner_batch, h.eval_steps)
+    assert ours == ARCHIVED_README[preset]
+    assert (h.inner_optimizer, h.adam_beta1, h.adam_state, tr.optimizer, tr.lr, tr.lr_schedule) == ("adam", 0.0, "carried", "sgd", 1.0, "linear")
+    assert h.transductive == (preset.endswith("transductive") or "miniimagenet" in preset)
+
+
 def test_minibatches_are_reshuffled_passes_without_replacement():
     idx = minibatch_indices(tasks=2, n=6, steps=5, batch=4)  # 20 draws = 3 full passes + 2
     assert idx.shape == (2, 5, 4)
