@@ -2,8 +2,9 @@
 
 Loads a trained run, draws its test episodes (e.g. `oneshot-omniglot-lake`: 20-way 1-shot
 within one evaluation alphabet) and compares the error of (a) the learner as it is, (b) each
-support image given as 9 shots (itself shifted by -1/0/+1 px in each direction), (c) (b) plus
-the query's log-probabilities summed over the same 9 shifts.
+support image given as 9 shots (itself shifted by -1/0/+1 px in each direction: what
+`--set task.eval_augment=shifts` does in `metagrad eval`), (c) (b) plus the query's
+log-probabilities summed over the same 9 shifts (not a library option).
 
     OMP_NUM_THREADS=1 python benchmarks/oneshot_tta.py RUN --data-dir DATA [--episodes 300]
 """
@@ -14,13 +15,8 @@ import torch
 
 from metagrad.build import build_task
 from metagrad.config import with_data_dir
+from metagrad.tasks.images import SHIFTS, shifted_copies
 from metagrad.train import load_run
-
-SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    return torch.roll(x, (dy, dx), dims=(-2, -1))
 
 
 def main() -> None:
@@ -39,9 +35,9 @@ def main() -> None:
         for _ in range(args.episodes // 20):
             b = tasks.sample(20, gen)
             plain = learner.adapt(b.support_x, b.support_y)(b.query_x)
-            model = learner.adapt(torch.cat([shifted(b.support_x, *s) for s in SHIFTS], 1),
-                                  b.support_y.repeat(1, len(SHIFTS)))
-            both = sum(model(shifted(b.query_x, *s)).log_softmax(-1) for s in SHIFTS)
+            model = learner.adapt(*shifted_copies(b.support_x, b.support_y))
+            views = shifted_copies(b.query_x, b.query_y)[0]  # [B, 9Q, ...], shift by shift
+            both = model(views).unflatten(1, (len(SHIFTS), -1)).log_softmax(-1).sum(1)
             for key, logits in zip(wrong, (plain, model(b.query_x), both)):
                 wrong[key] += int((logits.argmax(-1) != b.query_y).sum())
             trials += b.query_y.numel()

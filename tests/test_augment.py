@@ -1,5 +1,6 @@
 """Training-time affine augmentation (Koch et al. 2015): the warp against Pillow's, the maps'
-ranges, and the sampler applying it to training episodes only, reproducibly."""
+ranges, and the sampler applying it to training episodes only, reproducibly; test-time shifted
+support copies against per-pixel indexing."""
 
 import numpy as np
 import torch
@@ -8,7 +9,7 @@ from PIL import Image
 from metagrad.config import build_dataclass
 from metagrad.errors import ConfigError
 from metagrad.tasks.folder import FolderConfig, make_folder
-from metagrad.tasks.images import EpisodeSampler, ImageClassDataset, random_affine_maps, warp
+from metagrad.tasks.images import SHIFTS, EpisodeSampler, ImageClassDataset, random_affine_maps, shifted_copies, warp
 
 import pytest
 
@@ -72,5 +73,31 @@ def test_a_task_augments_its_training_split_only(tmp_path):
     root = make_classes(tmp_path / "classes", {f"class{c:02d}": 4 for c in range(10)})
     cfg = build_dataclass(FolderConfig, {"path": str(root), "ways": 2, "shots": 1, "queries": 1, "augment": "affine"}, "task")
     assert [make_folder(cfg, s).augment for s in ("train", "val", "test")] == ["affine", "none", "none"]
+    cfg = build_dataclass(FolderConfig, {"path": str(root), "ways": 2, "shots": 1, "queries": 1, "eval_augment": "shifts"}, "task")
+    assert [make_folder(cfg, s).augment for s in ("train", "val", "test")] == ["none", "shifts", "shifts"]
     with pytest.raises(ConfigError, match="augment"):
         build_dataclass(FolderConfig, {"path": str(root), "augment": "rotate"}, "task")
+
+
+def test_shifted_copies_move_every_pixel_by_one_in_each_direction():
+    """Against per-pixel indexing: copy (dy, dx) at (i, j) is the image at (i - dy, j - dx),
+    clamped to the border; labels follow their images."""
+    x = torch.rand(2, 3, 1, 5, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    out_x, out_y = shifted_copies(x, y)
+    assert out_x.shape == (2, 27, 1, 5, 6) and len(set(SHIFTS)) == 9 and SHIFTS[0] == (0, 0)
+    for c, (dy, dx) in enumerate(SHIFTS):
+        rows = (torch.arange(5) - dy).clamp(0, 4)
+        cols = (torch.arange(6) - dx).clamp(0, 5)
+        torch.testing.assert_close(out_x[:, 3 * c : 3 * c + 3], x[..., rows, :][..., cols], rtol=0, atol=0)
+        assert torch.equal(out_y[:, 3 * c : 3 * c + 3], y)
+
+
+def test_shifted_support_keeps_the_tasks_and_their_queries():
+    data = toy_dataset()
+    plain = EpisodeSampler(data, 3, 2, 2).sample(20, torch.Generator().manual_seed(0))
+    shifted = EpisodeSampler(data, 3, 2, 2, augment="shifts").sample(20, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted.query_x, plain.query_x) and torch.equal(shifted.query_y, plain.query_y)
+    assert shifted.support_x.shape[1] == 9 * plain.support_x.shape[1]
+    assert torch.equal(shifted.support_x[:, :6], plain.support_x) and torch.equal(shifted.support_y, plain.support_y.repeat(1, 9))
+    assert (shifted.support_x[:, 6:12] - plain.support_x).abs().amax() > 0.1  # a moved copy differs

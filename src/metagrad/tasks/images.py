@@ -100,6 +100,8 @@ class EpisodeConfig(HParams):
     eval_queries: int = nonnegative(0)
     # training images distorted at random ("affine": Koch et al. 2015's small affine maps); never val/test
     augment: str = choice("none", ("none", "affine"))
+    # val/test episodes: "shifts" gives each support image as 9 shots, moved by -1/0/+1 px each way
+    eval_augment: str = choice("none", ("none", "shifts"))
 
     def validate(self) -> None:
         for key in ("ways", "eval_ways"):
@@ -116,8 +118,21 @@ def episode_shape(cfg: EpisodeConfig, split: str) -> tuple[int, int, int]:
 
 
 def split_augment(cfg: EpisodeConfig, split: str) -> str:
-    """The augmentation of ``split``: ``cfg.augment`` in training, "none" in val/test."""
-    return cfg.augment if split == "train" else "none"
+    """The augmentation of ``split``: ``cfg.augment`` in training, ``cfg.eval_augment`` in val/test."""
+    return cfg.augment if split == "train" else cfg.eval_augment
+
+
+#: the offsets (dy, dx) of ``augment="shifts"``, the unshifted image first
+SHIFTS = [(0, 0)] + [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def shifted_copies(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """x [B, S, C, H, W], y [B, S] -> [B, 9S, ...], [B, 9S]: every image also moved by one pixel
+    in each of the 8 directions (the edge row or column repeated into the vacated one)."""
+    H, W = x.shape[-2:]
+    padded = F.pad(x.flatten(0, 1), (1, 1, 1, 1), mode="replicate").view(*x.shape[:-2], H + 2, W + 2)
+    copies = [padded[..., 1 - dy : 1 - dy + H, 1 - dx : 1 - dx + W] for dy, dx in SHIFTS]
+    return torch.cat(copies, 1), y.repeat(1, len(SHIFTS))
 
 
 #: Koch, Zemel & Salakhutdinov (2015), Sec. 4.2: each component applies with probability 1/2
@@ -169,6 +184,9 @@ class EpisodeSampler:
     exactly one image per source) — Lake et al.'s one-shot runs, with K = Q = 1.
     ``augment="affine"``: every support and query image is warped by its own
     :func:`random_affine_maps` distortion, drawn from the same generator after the indices.
+    ``augment="shifts"`` (for test episodes): the support set becomes :func:`shifted_copies`
+    of itself, N*K*9 examples, so a learner that takes any number of shots sees each support
+    image in 9 positions; the tasks drawn are the same as without it.
 
     All randomness comes from the generator passed to :meth:`sample` and the whole batch is
     drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
@@ -185,8 +203,8 @@ class EpisodeSampler:
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset",
                  within_group: bool = False, shared_sources: bool = False, augment: str = "none"):
-        if augment not in ("none", "affine"):
-            raise ConfigError(f"augment={augment!r} is not allowed; allowed: none, affine")
+        if augment not in ("none", "affine", "shifts"):
+            raise ConfigError(f"augment={augment!r} is not allowed; allowed: none, affine, shifts")
         if ways > dataset.n_classes:
             n = dataset.n_classes
             allowed = f"allowed: 2..{n}" if n >= 2 else "episodes need at least 2 classes"
@@ -313,4 +331,7 @@ class EpisodeSampler:
                 x = warp(x, random_affine_maps(len(x), generator))
             return x.view(*ids.shape, *self.input_shape)
 
-        return TaskBatch(gather(s_ids), s_y.to(dev), gather(q_ids), q_y.to(dev))
+        support_x, support_y = gather(s_ids), s_y.to(dev)
+        if self.augment == "shifts":
+            support_x, support_y = shifted_copies(support_x, support_y)
+        return TaskBatch(support_x, support_y, gather(q_ids), q_y.to(dev))
