@@ -20,6 +20,8 @@
 # Settings (environment): DEVICE=cuda, COMPILE=off (a compiled run's first minutes are
 # compilation: measured on an H200, compilation alone outlasted a 95-s share), EPISODES=600,
 # EVAL_S=60, PRESETS="..." to run other presets, EXTRA="" to skip MAML 20w1s.
+# Omniglot's original one-shot challenge at its GPU size (56 px, 20,000 episodes), alone:
+#   PRESETS=oneshot-omniglot-lake-56 EXTRA= bash benchmarks/gpu_fidelity.sh DATA 600 RESULTS
 # Rehearse on CPU with a tiny budget before spending GPU time:
 #   DEVICE=cpu EPISODES=20 EVAL_S=20 bash benchmarks/gpu_fidelity.sh DATA 200 /tmp/fidelity
 # Uses the checkout's src/ through PYTHONPATH (like gpu_check.sh).
