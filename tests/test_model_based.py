@@ -161,6 +161,18 @@ def test_snail_queries_equal_separate_sequences_and_ignore_each_other():
     torch.testing.assert_close(a[:, 1:], b[:, 1:], rtol=0, atol=0)
 
 
+def test_snail_loss_reads_only_the_query_positions():
+    """The paper's (and its reimplementations') loss: cross-entropy at the query position only.
+    The support positions' outputs, though computed, must not enter the loss or its gradient."""
+    learner, (sx, sy, qx) = snail(), episode()
+    qy = torch.randint(0, N, qx.shape[:2], generator=torch.Generator().manual_seed(1))
+    loss, _ = learner.meta_loss(TaskBatch(sx, sy, qx, qy))
+    ctx, qry = learner.sequence_logits(sx, sy, qx)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(qry.flatten(0, 1), qy.flatten()))
+    with_support = torch.nn.functional.cross_entropy(torch.cat([ctx, qry], 1).flatten(0, 1), torch.cat([sy, qy], 1).flatten())
+    assert not torch.allclose(loss, with_support)
+
+
 # --------------------------------------------------------------------------- Meta Networks
 
 
