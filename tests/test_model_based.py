@@ -83,6 +83,31 @@ def test_least_used_marks_as_many_slots_as_reads():
     assert least_used(usage, 2).tolist() == [[0, 1, 0, 1, 0], [0, 0, 0, 1, 1]]
 
 
+def test_per_head_least_used_writes_put_each_head_in_its_own_slot():
+    """write_slots="per_head": head i writes its a_i to the i-th least-used slot alone (by hand);
+    "shared" (the paper) adds every head's a_i to all of those slots."""
+    usage = torch.tensor([[0.3, 0.0, 0.7, 0.1, 0.9]])
+    assert least_used(usage, 2, per_head=True).tolist() == [[[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]]
+    memory = torch.arange(10.0).view(1, 5, 2)
+    add = torch.tensor([[[1.0, 2.0], [10.0, 20.0]]])  # heads 0 and 1
+    keys, gate = torch.ones(1, 2, 2), torch.zeros(1, 2)  # sigmoid(alpha) = 0: least-used writes only
+    for per_head in (True, False):
+        state = MemoryState(memory, usage, torch.zeros(1, 2, 5), least_used(usage, 2, per_head), torch.zeros(1, 2, 2))
+        new = lrua_step(state, keys, add, gate, decay=1.0)
+        expected = memory.clone()
+        expected[0, 1] = 0.0  # the least-used slot is erased first
+        if per_head:
+            expected[0, 1] += add[0, 0]
+            expected[0, 3] += add[0, 1]
+        else:
+            expected[0, 1] += add[0].sum(0)
+            expected[0, 3] += add[0].sum(0)
+        torch.testing.assert_close(new.memory, expected)
+        assert new.w_lu.shape == ((1, 2, 5) if per_head else (1, 5))
+    fresh = MemoryState.initial(2, 6, 3, 4, torch.zeros(1), per_head=True)
+    assert fresh.w_lu[0].argmax(-1).tolist() == [0, 1, 2, 3] and fresh.w_lu.sum(-1).eq(1).all()
+
+
 # --------------------------------------------------------------------------- causality
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import HParams, positive
+from ..config import HParams, choice, positive
 from ..errors import ConfigError
 from ..models.embed import embed_sets, feature_dim
 from ..models.memory import MemoryState, lrua_step
@@ -58,6 +58,9 @@ class MANNConfig(HParams):
     read_sharpness: float = positive(1.0)  # beta of softmax(beta * cos); 1 = the paper
     sequence_loss: bool = True  # also train on each support label's prediction (the paper's objective)
     instances: list[int] = positive([1, 2, 3, 4, 5, 10])  # evaluation: accuracy at these presentations
+    # "shared": every head writes to all `heads` least-used slots (the paper's w_lu); "per_head":
+    # head i to the i-th least-used slot only (Santoro et al.'s reimplementations)
+    write_slots: str = choice("shared", ("shared", "per_head"))
 
     def validate(self):
         if self.usage_decay > 1:
@@ -102,7 +105,8 @@ class MANN(MetaLearner):
         y = F.one_hot(support_y, self.n_ways).to(e.dtype)
         prev = torch.cat([y.new_zeros(B, 1, self.n_ways), y], 1)  # [B, S+1, N]: y_{t-1}
         h = e.new_zeros(B, self.hp.controller)
-        state = (h, h, MemoryState.initial(B, self.hp.memory_slots, self.hp.memory_width, self.hp.heads, e))
+        state = (h, h, MemoryState.initial(B, self.hp.memory_slots, self.hp.memory_width, self.hp.heads, e,
+                                                  per_head=self.hp.write_slots == "per_head"))
         logits = []
         for t in range(S):
             out, state = self.step(state, e[:, t], prev[:, t])
