@@ -228,7 +228,7 @@ def test_metanet_meta_gradient_reaches_every_meta_parameter():
 LEARN = [
     ("metanet-quick", ["train.iterations=50"], "adapted", 0.7),
     ("snail-quick", ["train.iterations=200"], "adapted", 0.4),
-    ("mann-quick", ["train.iterations=350"], "adapted", 0.33),  # 0.385 (0.20 until iteration 150)
+    ("mann-quick", ["train.iterations=700"], "adapted", 0.33),  # per-head writes (the preset) leave chance late: 0.32 at 500
 ]
 
 
