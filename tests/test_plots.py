@@ -90,3 +90,19 @@ def test_any_task_offering_a_curve_gets_a_fit_figure(tmp_path, figures):
     assert [p.name for p in paths] == ["training_curve.png", "fit.png"]  # the report has no numbered settings
     ax = figures[-1].axes[0]
     assert ax.get_title() == "a line" and labels(ax)[:3] == ["ground truth", "0 steps (MSE 1.474)", "1 step (MSE 0.000)"]
+
+
+def test_long_runs_get_iteration_ticks_that_do_not_run_into_each_other(tmp_path, figures):
+    run = tmp_path / "long"
+    run.mkdir()
+    rows = [{"iteration": it, "split": "train", "loss": 1.0 / it, "accuracy": 0.5} for it in range(100, 200_001, 100)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plots.plot_training_curve(run)
+    fig = figures[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        shown = [t for t in ax.get_xticklabels() if t.get_text()]
+        boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+        assert len(boxes) >= 3 and all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
+    assert [plots.iteration_tick(x) for x in (0, 500, 2500, 20000, 1_250_000)] == ["0", "500", "2.5k", "20k", "1.25M"]

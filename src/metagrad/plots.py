@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
@@ -46,6 +47,14 @@ def shown_settings(keys: list[str], headline: str | None) -> list[str]:
     if len(keys) <= 4:
         return keys
     return list(dict.fromkeys(k for k in (keys[0], keys[1], headline, keys[-1]) if k in keys))
+
+
+def iteration_tick(x: float, _pos=None) -> str:
+    """Short iteration labels that cannot run into each other: 500, 2.5k, 20k, 1.2M."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{suffix}"
+    return f"{x:.0f}"
 
 
 def _log_if_wide(ax, values: list[float]) -> None:
@@ -86,6 +95,8 @@ def plot_training_curve(run_dir: Path, path: Path | None = None, validation_trai
         _log_if_wide(ax_metric, values)
     for ax in (ax_loss, ax_metric):
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(iteration_tick))
         ax.grid(alpha=0.3)
         if ax.lines:  # below the axes, where it covers no curve
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
