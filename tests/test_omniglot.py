@@ -310,10 +310,12 @@ def test_download_with_wrong_checksum_leaves_nothing(shared_data, http_dir, tmp_
     assert list((tmp_path / "data" / "omniglot").iterdir()) == []
 
 
-def test_download_failure_names_the_url(http_dir, tmp_path):
-    with pytest.raises(DataError, match=r"could not download http://127.0.0.1:\d+/python/images_evaluation.zip"):
-        omniglot.download_archive("images_evaluation.zip", tmp_path / "data")
-    assert list((tmp_path / "data").iterdir()) == []
+def test_download_failure_names_the_url_and_both_ways_to_supply_the_file(http_dir, tmp_path):
+    with pytest.raises(DataError, match=r"could not download http://127.0.0.1:\d+/python/images_evaluation.zip") as excinfo:
+        omniglot.download_archive("images_evaluation.zip", tmp_path / "data" / "omniglot")
+    assert str(excinfo.value).endswith(f"place images_evaluation.zip in {tmp_path / 'data' / 'omniglot'} yourself, "
+                                       "or give --data-dir (task.data_dir) a folder D that has D/omniglot/images_evaluation.zip")
+    assert list((tmp_path / "data" / "omniglot").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- unsafe, corrupt, wrong archives

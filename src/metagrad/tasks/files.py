@@ -66,7 +66,8 @@ def download(url: str, dest: Path, md5: str) -> Path:
                         digest.update(chunk)
                         bar.update(len(chunk))
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise DataError(f"could not download {url}: {e}; place {dest.name} in {dest.parent} yourself") from None
+            raise DataError(f"could not download {url}: {e}; place {dest.name} in {dest.parent} yourself, "
+                            f"or give --data-dir (task.data_dir) a folder D that has D/{dest.parent.name}/{dest.name}") from None
         if digest.hexdigest() != md5:
             raise DataError(f"downloaded {dest.name} from {url} has md5 {digest.hexdigest()}, expected {md5}; nothing was saved")
 
