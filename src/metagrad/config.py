@@ -9,6 +9,7 @@ so a typo fails with a one-line :class:`ConfigError` naming the key and what is 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -226,7 +227,15 @@ def preset_names() -> list[str]:
 def _read_preset(name: str) -> dict:
     path = resources.files("metagrad") / "presets" / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(preset_names())} (see `metagrad presets`)")
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75) or [n for n in names if len(name) >= 3 and name in n]
+        if len(close) == 1:
+            listed = f"did you mean {close[0]}?"
+        elif 1 < len(close) <= 8:
+            listed = f"did you mean one of {', '.join(close)}?"
+        else:
+            listed = f"allowed: {', '.join(names)}"
+        raise ConfigError(f"unknown preset {name!r}; {listed} (see `metagrad presets`)")
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
