@@ -84,7 +84,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
     [
         (["train", "--data-dir", "/tmp"], "--data-dir: the sinusoid task reads no data folder"),
         (["train", "--preset", "nope"], "unknown preset 'nope'; allowed: anil-miniimagenet-5w1s, "),
-        (["train", "--preset", "maml-omniglot-5w1"], "unknown preset 'maml-omniglot-5w1'; did you mean one of maml-omniglot-5w1s, "),
+        (["train", "--preset", "maml-omniglot-5w1"], "unknown preset 'maml-omniglot-5w1'; did you mean one of fomaml-omniglot-5w1s, imaml-omniglot-5w1s, maml-omniglot-5w1s? (see"),
         (["train", "--preset", "metanet-quik"], "unknown preset 'metanet-quik'; did you mean metanet-quick? (see"),
         (["train", "--preset", "reptile-omniglot"], "did you mean one of reptile-omniglot-20w1s, reptile-omniglot-20w5s, "),
         (["train", "--set", "learner.inner_lrr=0.1"], "unknown key learner.inner_lrr"),

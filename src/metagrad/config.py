@@ -228,7 +228,9 @@ def _read_preset(name: str) -> dict:
     path = resources.files("metagrad") / "presets" / f"{name}.toml"
     if not path.is_file():
         names = preset_names()
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75) or [n for n in names if len(name) >= 3 and name in n]
+        close = [n for n in names if len(name) >= 3 and name in n]
+        if not 1 <= len(close) <= 8:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.75) or close
         if len(close) == 1:
             listed = f"did you mean {close[0]}?"
         elif 1 < len(close) <= 8:
