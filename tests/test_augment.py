@@ -1,6 +1,6 @@
 """Training-time affine augmentation (Koch et al. 2015): the warp against Pillow's, the maps'
 ranges, and the sampler applying it to training episodes only, reproducibly; test-time shifted
-support copies against per-pixel indexing."""
+support copies against per-pixel indexing, and the query views' votes against a loop."""
 
 import numpy as np
 import torch
@@ -8,6 +8,9 @@ from PIL import Image
 
 from metagrad.config import build_dataclass
 from metagrad.errors import ConfigError
+from metagrad.evaluation import evaluate, vote
+from metagrad.learners.protonet import ProtoNet
+from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.tasks.folder import FolderConfig, make_folder
 from metagrad.tasks.images import SHIFTS, EpisodeSampler, ImageClassDataset, random_affine_maps, shifted_copies, warp
 
@@ -101,3 +104,48 @@ def test_shifted_support_keeps_the_tasks_and_their_queries():
     assert shifted.support_x.shape[1] == 9 * plain.support_x.shape[1]
     assert torch.equal(shifted.support_x[:, :6], plain.support_x) and torch.equal(shifted.support_y, plain.support_y.repeat(1, 9))
     assert (shifted.support_x[:, 6:12] - plain.support_x).abs().amax() > 0.1  # a moved copy differs
+
+
+def test_shifts_both_also_gives_every_query_in_its_nine_shifts():
+    data = toy_dataset()
+    plain = EpisodeSampler(data, 3, 2, 2).sample(20, torch.Generator().manual_seed(0))
+    sampler = EpisodeSampler(data, 3, 2, 2, augment="shifts_both")
+    both = sampler.sample(20, torch.Generator().manual_seed(0))
+    assert sampler.query_views == 9 and EpisodeSampler(data, 3, 2, 2, augment="shifts").query_views == 1
+    expected_support, expected_query = shifted_copies(plain.support_x, plain.support_y), shifted_copies(plain.query_x, plain.query_y)
+    assert torch.equal(both.support_x, expected_support[0]) and torch.equal(both.support_y, expected_support[1])
+    assert torch.equal(both.query_x, expected_query[0]) and torch.equal(both.query_y, expected_query[1])
+
+
+def test_vote_sums_each_querys_log_probabilities_over_its_views():
+    """Against a loop over tasks and queries: view v of query q sits at position v * Q + q."""
+    V, Q, N = 9, 4, 5
+    logits = torch.randn(2, V * Q, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    targets = torch.randint(0, N, (2, Q)).repeat(1, V)
+    summed, kept = vote(logits, targets, V)
+    assert summed.shape == (2, Q, N) and torch.equal(kept, targets[:, :Q])
+    for b in range(2):
+        for q in range(Q):
+            expected = sum(torch.log_softmax(logits[b, v * Q + q], -1) for v in range(V))
+            torch.testing.assert_close(summed[b, q], expected)
+    assert vote(logits, targets, 1)[0] is logits
+
+
+def test_evaluation_scores_each_query_once_from_its_summed_views():
+    """A ProtoNet on a toy dataset: evaluate() with shifts_both against the same votes computed by hand."""
+    torch.manual_seed(0)
+    learner = ProtoNet(Conv4(Conv4Config(channels=8, blocks=2), 1, None), "vmap")
+    sampler = EpisodeSampler(toy_dataset(), 3, 1, 2, augment="shifts_both")
+    est = evaluate(learner, sampler, 30, seed=5, batch_size=10)["adapted"]
+    correct, per_view, generator = [], [], torch.Generator().manual_seed(5)
+    learner.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            b = sampler.sample(10, generator)
+            logits = learner.eval_predictions(b)["adapted"]  # [B, 9Q, N]
+            summed = sum(logits[:, v * 6 : (v + 1) * 6].log_softmax(-1) for v in range(9))
+            correct.append((summed.argmax(-1) == b.query_y[:, :6]).double().mean(1))
+            per_view.append((logits.argmax(-1) == b.query_y).double().mean(1))
+    assert est.episodes == 30
+    assert est.mean == pytest.approx(torch.cat(correct).mean().item(), abs=1e-6)
+    assert abs(est.mean - torch.cat(per_view).mean().item()) > 0.01  # scoring the 9Q views one by one differs

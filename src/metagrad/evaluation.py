@@ -39,6 +39,13 @@ def mean_ci95(values: Tensor, metric: str) -> Estimate:
     return Estimate(metric, v.mean().item(), 1.96 * std / math.sqrt(n), n)
 
 
+def vote(logits: Tensor, targets: Tensor, views: int) -> tuple[Tensor, Tensor]:
+    """logits [B, V*Q, N], targets [B, V*Q] (view-major) -> summed log-probabilities [B, Q, N], targets [B, Q]."""
+    if views == 1:
+        return logits, targets
+    return logits.unflatten(1, (views, -1)).log_softmax(-1).sum(1), targets[:, : targets.shape[1] // views]
+
+
 def evaluate(
     learner: MetaLearner,
     source,
@@ -54,11 +61,15 @@ def evaluate(
 
     Returns one Estimate per key of ``learner.eval_predictions`` (e.g. "0 steps", "1 step", ...);
     a value that is a (predictions, targets) pair is scored against its own targets.
+    A source with ``query_views = V > 1`` (e.g. ``task.eval_augment="shifts_both"``) gives every
+    query in V views, [B, V*Q] laid out view by view; each query's log-probabilities are summed
+    over its views (:func:`vote`) and scored once.
     Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
     draws the same tasks) and the per-episode metrics are gathered back into episode order, so
     every rank returns the estimates a single process would. ``progress``: a bar on stderr when it
     is a terminal (rank 0 only).
     """
+    views = getattr(source, "query_views", 1)
     generator = torch.Generator().manual_seed(seed)
     per_key: dict[str, list[Tensor]] = {}
     was_training = learner.training
@@ -79,7 +90,7 @@ def evaluate(
                 continue
             batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
             for key, out in learner.eval_predictions(batch).items():
-                pred, target = out if isinstance(out, tuple) else (out, batch.query_y)
+                pred, target = out if isinstance(out, tuple) else vote(out, batch.query_y, views)
                 per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
     bar.close()
     learner.train(was_training)

@@ -100,8 +100,9 @@ class EpisodeConfig(HParams):
     eval_queries: int = nonnegative(0)
     # training images distorted at random ("affine": Koch et al. 2015's small affine maps); never val/test
     augment: str = choice("none", ("none", "affine"))
-    # val/test episodes: "shifts" gives each support image as 9 shots, moved by -1/0/+1 px each way
-    eval_augment: str = choice("none", ("none", "shifts"))
+    # val/test episodes: "shifts" gives each support image as 9 shots, moved by -1/0/+1 px each way;
+    # "shifts_both" also scores each query in its 9 shifts (log-probabilities summed)
+    eval_augment: str = choice("none", ("none", "shifts", "shifts_both"))
 
     def validate(self) -> None:
         for key in ("ways", "eval_ways"):
@@ -186,7 +187,9 @@ class EpisodeSampler:
     :func:`random_affine_maps` distortion, drawn from the same generator after the indices.
     ``augment="shifts"`` (for test episodes): the support set becomes :func:`shifted_copies`
     of itself, N*K*9 examples, so a learner that takes any number of shots sees each support
-    image in 9 positions; the tasks drawn are the same as without it.
+    image in 9 positions; the tasks drawn are the same as without it. ``augment="shifts_both"``
+    also gives the queries as shifted copies, [B, 9Q] laid out shift by shift, and sets
+    ``query_views = 9``: evaluation then sums each query's log-probabilities over its 9 views.
 
     All randomness comes from the generator passed to :meth:`sample` and the whole batch is
     drawn with a handful of tensor ops (no Python loop over tasks or images); the cost grows
@@ -203,8 +206,8 @@ class EpisodeSampler:
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int, name: str = "dataset",
                  within_group: bool = False, shared_sources: bool = False, augment: str = "none"):
-        if augment not in ("none", "affine", "shifts"):
-            raise ConfigError(f"augment={augment!r} is not allowed; allowed: none, affine, shifts")
+        if augment not in ("none", "affine", "shifts", "shifts_both"):
+            raise ConfigError(f"augment={augment!r} is not allowed; allowed: none, affine, shifts, shifts_both")
         if ways > dataset.n_classes:
             n = dataset.n_classes
             allowed = f"allowed: 2..{n}" if n >= 2 else "episodes need at least 2 classes"
@@ -224,6 +227,7 @@ class EpisodeSampler:
         self.n_outputs = ways
         self._max_count = int(counts.max())
         self.within_group, self.shared_sources, self.augment = within_group, shared_sources, augment
+        self.query_views = len(SHIFTS) if augment == "shifts_both" else 1  # see evaluation.evaluate
         tables = {
             "counts": counts,  # images per class
             "order": torch.argsort(dataset.labels, stable=True),  # image ids grouped by class
@@ -332,6 +336,9 @@ class EpisodeSampler:
             return x.view(*ids.shape, *self.input_shape)
 
         support_x, support_y = gather(s_ids), s_y.to(dev)
-        if self.augment == "shifts":
+        query_x, query_y = gather(q_ids), q_y.to(dev)
+        if self.augment in ("shifts", "shifts_both"):
             support_x, support_y = shifted_copies(support_x, support_y)
-        return TaskBatch(support_x, support_y, gather(q_ids), q_y.to(dev))
+        if self.augment == "shifts_both":
+            query_x, query_y = shifted_copies(query_x, query_y)
+        return TaskBatch(support_x, support_y, query_x, query_y)
