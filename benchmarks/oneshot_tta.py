@@ -4,7 +4,7 @@ Loads a trained run, draws its test episodes (e.g. `oneshot-omniglot-lake`: 20-w
 within one evaluation alphabet) and compares the error of (a) the learner as it is, (b) each
 support image given as 9 shots (itself shifted by -1/0/+1 px in each direction: what
 `--set task.eval_augment=shifts` does in `metagrad eval`), (c) (b) plus the query's
-log-probabilities summed over the same 9 shifts (not a library option).
+log-probabilities summed over the same 9 shifts (`--set task.eval_augment=shifts_both`).
 
     OMP_NUM_THREADS=1 python benchmarks/oneshot_tta.py RUN --data-dir DATA [--episodes 300]
 """

@@ -96,6 +96,13 @@ def test_matching_attention_sums_to_one_and_supports_classify_themselves():
     assert torch.equal(own.argmax(-1), batch.support_y)
 
 
+@pytest.mark.parametrize("preset", ["matching-omniglot-5w1s", "matching-omniglot-5w1s-fast", "matching-omniglot-5w5s",
+                                    "matching-omniglot-20w1s", "matching-omniglot-20w5s"])
+def test_matching_omniglot_presets_use_the_measured_temperature(preset):
+    """0.05 beat 0.1 in all four Omniglot cells on the same schedule (docs/results.md, Matching diagnosis)."""
+    assert load_config(preset, []).learner.hp.temperature == 0.05
+
+
 @pytest.mark.parametrize("make", [lambda net, ex: ProtoNet(net, ex),
                                   lambda net, ex: MatchingNet(MatchingConfig(executor=ex), net, 0),
                                   lambda net, ex: KNN(KNNConfig(k=3, embedding="learned", executor=ex), net)])
