@@ -2,6 +2,8 @@
 ranges, and the sampler applying it to training episodes only, reproducibly; test-time shifted
 support copies against per-pixel indexing, and the query views' votes against a loop."""
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -121,14 +123,13 @@ def test_vote_sums_each_querys_log_probabilities_over_its_views():
     """Against a loop over tasks and queries: view v of query q sits at position v * Q + q."""
     V, Q, N = 9, 4, 5
     logits = torch.randn(2, V * Q, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    targets = torch.randint(0, N, (2, Q)).repeat(1, V)
-    summed, kept = vote(logits, targets, V)
-    assert summed.shape == (2, Q, N) and torch.equal(kept, targets[:, :Q])
+    summed = vote(logits, V)
+    assert summed.shape == (2, Q, N)
     for b in range(2):
         for q in range(Q):
             expected = sum(torch.log_softmax(logits[b, v * Q + q], -1) for v in range(V))
             torch.testing.assert_close(summed[b, q], expected)
-    assert vote(logits, targets, 1)[0] is logits
+    assert vote(logits, 1) is logits
 
 
 def test_evaluation_scores_each_query_once_from_its_summed_views():
@@ -149,3 +150,34 @@ def test_evaluation_scores_each_query_once_from_its_summed_views():
     assert est.episodes == 30
     assert est.mean == pytest.approx(torch.cat(correct).mean().item(), abs=1e-6)
     assert abs(est.mean - torch.cat(per_view).mean().item()) > 0.01  # scoring the 9Q views one by one differs
+
+
+def test_adapt_uses_the_runs_test_time_views(tmp_path, capsys):
+    """`metagrad adapt` on a run trained with eval_augment=shifts_both: its probabilities are the
+    softmax of the query log-probabilities summed over 9 shifts, with the support given in 9 shifts."""
+    from metagrad.cli import main
+    from metagrad.tasks.folder import load_query_folder, load_support_folder
+    from metagrad.tasks.images import as_float
+    from metagrad.train import load_run
+
+    root = make_classes(tmp_path / "classes", {f"class{c}": 4 for c in range(10)})
+    run = tmp_path / "run"
+    sets = ["task.ways=2", "task.queries=2", "task.image_size=14", "task.eval_augment=shifts_both", "model.channels=8",
+            "model.blocks=2", "train.iterations=3", "train.eval_every=0", "train.test_tasks=4", "train.eval_tasks=4"]
+    assert main(["train", "--data", f"folder:{root}", "--out", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    out = tmp_path / "pred.json"
+    assert main(["adapt", str(run), "--support", str(root), "--query", str(root), "--polarity", "keep", "--predictions", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    _, learner, _ = load_run(run)
+    support, query = load_support_folder(root, 14, 3), load_query_folder(root, 14, 3)  # folder-quick: RGB
+    sx, sy = shifted_copies(as_float(support.images)[None], support.labels[None])
+    qx = shifted_copies(as_float(query.images)[None], torch.zeros(1, len(query.paths), dtype=torch.long))[0]
+    learner.eval()
+    with torch.no_grad():
+        logits = learner.adapt(sx, sy)(qx)[0]  # [9Q, N]
+    n = len(query.paths)
+    probs = sum(logits[v * n : (v + 1) * n].log_softmax(-1) for v in range(9)).softmax(-1)
+    assert len(rows) == n == 40
+    for row, p in zip(rows, probs):
+        assert row["predicted"] == support.class_names[int(p.argmax())]
+        assert row["probability"] == pytest.approx(float(p.max()), abs=1e-4)

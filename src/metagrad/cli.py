@@ -126,7 +126,8 @@ def cmd_adapt(args) -> int:
     from .io import atomic_write_text
     from .tasks.batch import TaskSpec
     from .tasks.folder import check_class_count, load_query_folder, load_support_folder
-    from .tasks.images import as_float, opposite_polarity
+    from .evaluation import vote
+    from .tasks.images import as_float, episode_views, opposite_polarity, query_views
     from .train import load_run
 
     if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".json"):
@@ -152,9 +153,13 @@ def cmd_adapt(args) -> int:
         x = as_float(images)
         return 1.0 - x if invert else x
 
+    # the run's test-time views (task.eval_augment, e.g. shifts) apply here as in its evaluation
+    augment = getattr(cfg.task.hp, "eval_augment", "none")
+    sx, sy, qx, _ = episode_views(augment, pixels(support.images)[None], support.labels[None],
+                                  pixels(query.images)[None], torch.zeros(1, len(query.paths), dtype=torch.long))
     learner.eval()
     with torch.no_grad():
-        logits = learner.adapt(pixels(support.images)[None], support.labels[None])(pixels(query.images)[None])[0]
+        logits = vote(learner.adapt(sx, sy)(qx), query_views(augment))[0]
     probs = torch.softmax(logits.float(), dim=-1)
     conf, pred = probs.max(dim=-1)
     rows = [
@@ -247,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("adapt", help="adapt a trained image classifier to your support folder and predict your query images")
+    p = sub.add_parser("adapt", help="adapt a trained image classifier to your support folder and predict your query images "
+                                     "(with the run's test-time shifts, task.eval_augment, if it has them)")
     p.add_argument("checkpoint", help="run directory or checkpoint file of a classification run")
     p.add_argument("--support", required=True, help="folder with one sub-folder of labelled images per class")
     p.add_argument("--query", required=True, help="folder of images to classify (loose, or in class sub-folders to score accuracy)")

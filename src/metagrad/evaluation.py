@@ -39,11 +39,9 @@ def mean_ci95(values: Tensor, metric: str) -> Estimate:
     return Estimate(metric, v.mean().item(), 1.96 * std / math.sqrt(n), n)
 
 
-def vote(logits: Tensor, targets: Tensor, views: int) -> tuple[Tensor, Tensor]:
-    """logits [B, V*Q, N], targets [B, V*Q] (view-major) -> summed log-probabilities [B, Q, N], targets [B, Q]."""
-    if views == 1:
-        return logits, targets
-    return logits.unflatten(1, (views, -1)).log_softmax(-1).sum(1), targets[:, : targets.shape[1] // views]
+def vote(logits: Tensor, views: int) -> Tensor:
+    """logits [B, V*Q, N] (V views of Q queries, view-major) -> log-probabilities summed over the views [B, Q, N]."""
+    return logits if views == 1 else logits.unflatten(1, (views, -1)).log_softmax(-1).sum(1)
 
 
 def evaluate(
@@ -90,7 +88,7 @@ def evaluate(
                 continue
             batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
             for key, out in learner.eval_predictions(batch).items():
-                pred, target = out if isinstance(out, tuple) else vote(out, batch.query_y, views)
+                pred, target = out if isinstance(out, tuple) else (vote(out, views), batch.query_y[:, : batch.query_y.shape[1] // views])
                 per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
     bar.close()
     learner.train(was_training)

@@ -136,6 +136,22 @@ def shifted_copies(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(copies, 1), y.repeat(1, len(SHIFTS))
 
 
+def episode_views(augment: str, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor):
+    """An episode [B, S | Q, ...] as ``augment`` presents it at test time: "shifts" gives the
+    support as its :func:`shifted_copies` (9S shots), "shifts_both" the queries too ([B, 9Q], shift
+    by shift, to be scored by ``evaluation.vote``); otherwise unchanged. Returns the four tensors."""
+    if augment in ("shifts", "shifts_both"):
+        support_x, support_y = shifted_copies(support_x, support_y)
+    if augment == "shifts_both":
+        query_x, query_y = shifted_copies(query_x, query_y)
+    return support_x, support_y, query_x, query_y
+
+
+def query_views(augment: str) -> int:
+    """How many views of each query :func:`episode_views` gives."""
+    return len(SHIFTS) if augment == "shifts_both" else 1
+
+
 #: Koch, Zemel & Salakhutdinov (2015), Sec. 4.2: each component applies with probability 1/2
 AFFINE_RANGES = {"rotation_deg": 10.0, "shear": 0.3, "scale": 0.2, "translate_px_at_105": 2.0}
 
@@ -227,7 +243,7 @@ class EpisodeSampler:
         self.n_outputs = ways
         self._max_count = int(counts.max())
         self.within_group, self.shared_sources, self.augment = within_group, shared_sources, augment
-        self.query_views = len(SHIFTS) if augment == "shifts_both" else 1  # see evaluation.evaluate
+        self.query_views = query_views(augment)  # see evaluation.evaluate
         tables = {
             "counts": counts,  # images per class
             "order": torch.argsort(dataset.labels, stable=True),  # image ids grouped by class
@@ -335,10 +351,4 @@ class EpisodeSampler:
                 x = warp(x, random_affine_maps(len(x), generator))
             return x.view(*ids.shape, *self.input_shape)
 
-        support_x, support_y = gather(s_ids), s_y.to(dev)
-        query_x, query_y = gather(q_ids), q_y.to(dev)
-        if self.augment in ("shifts", "shifts_both"):
-            support_x, support_y = shifted_copies(support_x, support_y)
-        if self.augment == "shifts_both":
-            query_x, query_y = shifted_copies(query_x, query_y)
-        return TaskBatch(support_x, support_y, query_x, query_y)
+        return TaskBatch(*episode_views(self.augment, gather(s_ids), s_y.to(dev), gather(q_ids), q_y.to(dev)))
