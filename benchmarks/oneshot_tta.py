@@ -15,6 +15,7 @@ import torch
 
 from metagrad.build import build_task
 from metagrad.config import with_data_dir
+from metagrad.evaluation import vote
 from metagrad.tasks.images import SHIFTS, shifted_copies
 from metagrad.train import load_run
 
@@ -37,7 +38,7 @@ def main() -> None:
             plain = learner.adapt(b.support_x, b.support_y)(b.query_x)
             model = learner.adapt(*shifted_copies(b.support_x, b.support_y))
             views = shifted_copies(b.query_x, b.query_y)[0]  # [B, 9Q, ...], shift by shift
-            both = model(views).unflatten(1, (len(SHIFTS), -1)).log_softmax(-1).sum(1)
+            both = vote(model(views), len(SHIFTS))
             for key, logits in zip(wrong, (plain, model(b.query_x), both)):
                 wrong[key] += int((logits.argmax(-1) != b.query_y).sum())
             trials += b.query_y.numel()
