@@ -137,6 +137,85 @@ def test_transparent_png_is_flattened_on_white(tmp_path):
     assert arr.shape == (1, 10, 10) and arr[0, 0, 0] == 255 and arr[0, 5, 5] < 128
 
 
+def drawing(size=(100, 60), box=(10, 19, 70, 89), ground=255, ink=0) -> Image.Image:
+    """A plain ``ground`` gray image with a filled ``ink`` rectangle over rows/cols box = (r0, r1, c0, c1)."""
+    arr = np.full((size[1], size[0]), ground, np.uint8)
+    arr[box[0] : box[1] + 1, box[2] : box[3] + 1] = ink
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("ground, ink", [(255, 0), (0, 255)])  # dark on light and light on dark
+def test_crop_to_ink_centres_the_strokes_in_a_square_with_a_margin(ground, ink):
+    from metagrad.tasks.store import crop_to_ink
+
+    # a 10 x 20 box: longer side 19 + 1 px -> side round(19 * 1.2) + 1 = 24, the box at rows 7..16, cols 2..21
+    out = np.asarray(crop_to_ink(drawing(ground=ground, ink=ink)))
+    want = np.full((24, 24), ground, np.uint8)
+    want[7:17, 2:22] = ink
+    assert np.array_equal(out, want)
+    # at the image's corner the square reaches outside it and is padded with the background
+    out = np.asarray(crop_to_ink(drawing(box=(0, 9, 0, 19), ground=ground, ink=ink)))
+    assert np.array_equal(out, want)
+    blank = drawing(box=(0, -1, 0, -1), ground=ground)  # no ink: the image as it is
+    assert crop_to_ink(blank) is blank
+
+
+def test_crop_to_ink_pads_colour_images_with_their_background_colour():
+    from metagrad.tasks.store import crop_to_ink, fit_image
+
+    im = Image.new("RGB", (100, 60), (200, 120, 40))
+    im.paste((0, 0, 90), (0, 0, 20, 10))  # ink in the corner: rows 0..9, cols 0..19
+    out = np.asarray(crop_to_ink(im))
+    assert out.shape == (24, 24, 3)
+    assert (out[:7] == (200, 120, 40)).all() and (out[7:17, 2:22] == (0, 0, 90)).all()
+    # fit_image(crop="ink") resizes the cut image; without it the whole canvas is squeezed
+    cut, whole = fit_image(im, 24, 3, crop="ink"), fit_image(im, 24, 3)
+    assert np.array_equal(cut, out.transpose(2, 0, 1)) and not np.array_equal(whole, cut)
+
+
+def test_folder_task_and_adapt_cut_images_around_their_ink(tmp_path, capsys):
+    """task.crop=ink: the folder task's images are the cut ones (cached apart from the uncut), and
+    `metagrad adapt` on that run cuts the support and query images as the run's training was cut."""
+    import json
+
+    from metagrad.cli import main
+    from metagrad.tasks.images import as_float
+    from metagrad.tasks.store import crop_to_ink, fit_image, user_cache_dir
+    from metagrad.train import load_run
+
+    root = tmp_path / "drawings"
+    for c in range(10):
+        for i in range(3):  # each class a box of its own aspect, drawn at assorted places and sizes
+            r, k = 5 + 9 * i, 1 + i
+            im = drawing(size=(64, 64), box=(r, r + k * (2 + c) - 1, 3 * i, 3 * i + 8 * k - 1))
+            (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+            im.save(root / f"class{c}" / f"{i}.png")
+    cfg = build_dataclass(FolderConfig, {"path": str(root), "ways": 2, "crop": "ink", "image_size": 16}, "task")
+    data = make_folder(cfg, "train").dataset
+    for path, image in zip(data.paths, data.images):
+        assert np.array_equal(image.numpy(), fit_image(crop_to_ink(Image.open(path).convert("L")), 16, 1))
+    assert len(list(user_cache_dir(root).glob("folder-*.16px.ink.cache"))) == 1
+
+    run = tmp_path / "run"
+    sets = ["task.ways=2", "task.queries=1", "task.image_size=16", "task.crop=ink", "task.channels=1",
+            "model.channels=8", "model.blocks=2", "train.iterations=2", "train.eval_every=0", "train.test_tasks=2",
+            "train.eval_tasks=2"]
+    assert main(["train", "--data", f"folder:{root}", "--out", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    out = tmp_path / "pred.json"
+    assert main(["adapt", str(run), "--support", str(root), "--query", str(root), "--shots", "3", "--polarity", "keep",
+                 "--predictions", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    _, learner, _ = load_run(run)
+    support, query = load_support_folder(root, 16, 1, 3, crop="ink"), load_query_folder(root, 16, 1, crop="ink")
+    learner.eval()
+    with torch.no_grad():
+        probs = learner.adapt(as_float(support.images)[None], support.labels[None])(as_float(query.images)[None])[0].softmax(-1)
+    uncut = load_query_folder(root, 16, 1)
+    assert not torch.equal(uncut.images, query.images)
+    assert [r["probability"] for r in rows] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)
+    assert [r["predicted"] for r in rows] == [support.class_names[int(i)] for i in probs.argmax(-1)]
+
+
 def test_query_folder_flat_and_in_class_folders(tmp_path):
     save_image(tmp_path / "q" / "b.png", (30, 30), "L", 10)
     save_image(tmp_path / "q" / "a.jpg", (50, 20), "RGB", 200)

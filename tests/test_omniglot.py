@@ -11,6 +11,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -122,6 +123,30 @@ def test_rotations_are_separate_classes(shared_data, small_cache):
     assert imgs.float().mean() < 60 and imgs.max() == 255
     plain = omniglot_dataset(small_cfg(shared_data, small_cache, rotate=False), "train")
     assert plain.n_classes == 114 and torch.equal(plain.images.view(-1, 20, 28, 28), imgs[:, 0])
+
+
+def test_crop_ink_cuts_each_drawing_around_its_strokes(shared_data, small_cache):
+    """task.crop=ink: every drawing is the square around its strokes, resized and inverted, from a
+    cache of its own; the character then spans the image, which the uncut drawings rarely do."""
+    from metagrad.tasks.store import crop_to_ink
+
+    cfg = small_cfg(shared_data, small_cache, rotate=False, crop="ink")
+    cut = omniglot_dataset(cfg, "train").images.view(-1, 20, 28, 28)
+    whole = omniglot_dataset(small_cfg(shared_data, small_cache, rotate=False), "train").images.view(-1, 20, 28, 28)
+    assert {p.name for p in small_cache.iterdir()} >= {"images_background_small1.28px.cache",
+                                                        "images_background_small1.28px.ink.cache"}
+    with zipfile.ZipFile(shared_data / "omniglot" / SMALL1) as zf:
+        png = sorted(n for n in zf.namelist() if "/Balinese/character01/" in n and n.endswith(".png"))[0]
+        raw = Image.open(io.BytesIO(zf.read(png))).convert("L")
+    want = 255 - np.asarray(crop_to_ink(raw).resize((28, 28), Image.Resampling.LANCZOS))
+    assert np.array_equal(cut[0, 0].numpy(), want)
+
+    def span(images):  # the longer side of each image's ink bounding box, in pixels
+        ink = images.flatten(0, 1) >= 128  # [n, 28, 28]
+        extent = lambda m: m.shape[-1] - m.int().argmax(-1) - m.flip(-1).int().argmax(-1)  # m: [n, 28]
+        return torch.maximum(extent(ink.any(-1)), extent(ink.any(-2)))
+
+    assert span(cut).float().min() >= 20 and span(whole).float().median() < 20
 
 
 def test_cache_is_reused_and_rebuilt_when_the_archive_changes(tmp_path, monkeypatch):

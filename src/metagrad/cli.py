@@ -137,10 +137,12 @@ def cmd_adapt(args) -> int:
     if spec.kind != "classification" or len(spec.input_shape) != 3:
         raise MetagradError(f"{args.checkpoint} was trained on {spec.kind} tasks of shape {list(spec.input_shape)}; adapt needs an image classifier")
     channels, size = spec.input_shape[0], spec.input_shape[1]
-    support = load_support_folder(args.support, size, channels, shots=args.shots or 1)
+    # new images are cut as the run's training images were (task.crop, e.g. around the strokes)
+    crop = getattr(cfg.task.hp, "crop", "none")
+    support = load_support_folder(args.support, size, channels, shots=args.shots or 1, crop=crop)
     if learner.fixed_ways is not None:
         check_class_count(support.n_classes, learner.fixed_ways)
-    query = load_query_folder(args.query, size, channels)
+    query = load_query_folder(args.query, size, channels, crop=crop)
 
     invert = args.polarity == "invert" or (args.polarity == "auto" and opposite_polarity(spec.background, support.images))
     if invert and args.polarity == "auto":
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("adapt", help="adapt a trained image classifier to your support folder and predict your query images "
-                                     "(with the run's test-time shifts, task.eval_augment, if it has them)")
+                                     "(images cut and shifted as the run's were: task.crop, task.eval_augment)")
     p.add_argument("checkpoint", help="run directory or checkpoint file of a classification run")
     p.add_argument("--support", required=True, help="folder with one sub-folder of labelled images per class")
     p.add_argument("--query", required=True, help="folder of images to classify (loose, or in class sub-folders to score accuracy)")

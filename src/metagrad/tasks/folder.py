@@ -6,7 +6,8 @@ Any file Pillow reads with one of :data:`IMAGE_EXTENSIONS` counts (hidden files 
 are skipped, other files ignored). Each image is turned upright by its EXIF orientation,
 flattened onto white if it has transparency, converted to ``channels`` (1 = grayscale,
 3 = RGB) and resized to ``image_size`` x ``image_size`` with Pillow's LANCZOS filter — the
-aspect ratio is not kept, so crop beforehand if that matters. The images of each split are
+aspect ratio is not kept, so crop beforehand if that matters, or, for drawings and handwriting,
+set ``crop="ink"`` to cut each image to the square around its strokes first (store.crop_to_ink). The images of each split are
 decoded once into the image cache (store.py), in ``task.cache_dir`` or else the user cache
 (``~/.cache/metagrad/preprocessed/``, never inside your folder), and memory-mapped by later runs
 until an image is changed, added or removed.
@@ -33,7 +34,7 @@ from ..config import choice, nonnegative, positive
 from ..errors import ConfigError, DataError
 from ..registry import TASKS
 from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
-from .store import cached_images, read_image, user_cache_dir
+from .store import CROPS, cached_images, read_image, user_cache_dir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_SEED = 0
@@ -45,6 +46,7 @@ class FolderConfig(EpisodeConfig):
     path: str = ""  # folder with one sub-folder of images per class
     image_size: int = positive(28)
     channels: int = choice(1, (1, 3))
+    crop: str = choice("none", CROPS)  # "ink": each image cut to the square around its strokes (drawings)
     val_fraction: float = nonnegative(0.2)  # share of the classes held out for "val"
     test_fraction: float = nonnegative(0.2)  # share of the classes held out for "test"
     cache_dir: str | None = None  # the decoded images; None: the user cache (~/.cache/metagrad), never inside path
@@ -82,11 +84,12 @@ def class_folders(root: str | Path) -> list[Path]:
     return dirs
 
 
-def _read_all(files: list[Path], image_size: int, channels: int, desc: str, out: np.ndarray | None = None) -> torch.Tensor:
+def _read_all(files: list[Path], image_size: int, channels: int, desc: str, out: np.ndarray | None = None,
+              crop: str = "none") -> torch.Tensor:
     """uint8 [len(files), C, S, S], decoded into ``out`` when given."""
     out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8) if out is None else out
     for i, f in enumerate(tqdm(files, desc=desc, unit="img", disable=True if len(files) < 500 else None)):
-        out[i] = read_image(f, image_size, channels)
+        out[i] = read_image(f, image_size, channels, crop=crop)
     return torch.from_numpy(out)
 
 
@@ -102,9 +105,10 @@ def _files_key(files: list[Path], labels: list[int]) -> str:
 
 def load_class_folders(
     dirs: list[Path], image_size: int = 28, channels: int = 1, min_images: int = 1, need: str = "",
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, crop: str = "none",
 ) -> ImageClassDataset:
-    """Images of the given class folders (class name = folder name), images uint8 [N, C, S, S].
+    """Images of the given class folders (class name = folder name), images uint8 [N, C, S, S],
+    each cut as ``crop`` says (store.fit_image).
 
     Every folder must hold at least ``min_images`` images; ``need`` says why in the error. With
     ``cache_dir`` the images are decoded once into the image cache there (store.py) and
@@ -122,30 +126,33 @@ def load_class_folders(
         labels += [c] * len(found)
     desc = f"reading {dirs[0].parent}"
     if cache_dir is None:
-        images = _read_all(files, image_size, channels, desc)
+        images = _read_all(files, image_size, channels, desc, crop=crop)
     else:
         key = {"format": CACHE_FORMAT, "image_size": image_size, "channels": channels, "filter": "lanczos",
-               "files": _files_key(files, labels)}
+               "crop": crop, "files": _files_key(files, labels)}
         name = hashlib.sha256("\n".join(str(d.resolve()) for d in dirs).encode()).hexdigest()[:12]
+        suffix = "" if crop == "none" else f".{crop}"
 
         def fill(out: np.ndarray) -> dict:
-            _read_all(files, image_size, channels, desc, out)
+            _read_all(files, image_size, channels, desc, out, crop)
             return {}
 
-        images, _ = cached_images(Path(cache_dir) / f"folder-{name}.{image_size}px.cache", key,
+        images, _ = cached_images(Path(cache_dir) / f"folder-{name}.{image_size}px{suffix}.cache", key,
                                   (len(files), channels, image_size, image_size), fill, what="image folder")
     return ImageClassDataset(
         images, torch.tensor(labels, dtype=torch.long), [d.name for d in dirs], [str(f) for f in files]
     )
 
 
-def load_support_folder(path: str | Path, image_size: int = 28, channels: int = 1, shots: int = 1) -> ImageClassDataset:
+def load_support_folder(path: str | Path, image_size: int = 28, channels: int = 1, shots: int = 1,
+                        crop: str = "none") -> ImageClassDataset:
     """A labelled support set: ``path/<class>/<images>`` -> images uint8 [N, C, S, S], labels long [N].
 
     Labels follow the sorted class-folder names (``class_names``); each class needs at least
     ``shots`` images.
     """
-    return load_class_folders(class_folders(path), image_size, channels, shots, need=f"the {shots} shots requested")
+    return load_class_folders(class_folders(path), image_size, channels, shots, need=f"the {shots} shots requested",
+                              crop=crop)
 
 
 @dataclass
@@ -158,7 +165,7 @@ class QueryImages:
     classes: list[str | None]
 
 
-def load_query_folder(path: str | Path, image_size: int = 28, channels: int = 1) -> QueryImages:
+def load_query_folder(path: str | Path, image_size: int = 28, channels: int = 1, crop: str = "none") -> QueryImages:
     """Images directly in ``path`` and in its class sub-folders (one level), loose files first."""
     root = _existing_dir(path, "query folder")
     files: list[Path] = image_files(root)
@@ -169,7 +176,8 @@ def load_query_folder(path: str | Path, image_size: int = 28, channels: int = 1)
         classes += [d.name] * len(found)
     if not files:
         raise DataError(f"query folder {root} holds no images (files ending in {', '.join(IMAGE_EXTENSIONS)})")
-    return QueryImages(_read_all(files, image_size, channels, f"reading {root}"), [str(f) for f in files], classes)
+    return QueryImages(_read_all(files, image_size, channels, f"reading {root}", crop=crop), [str(f) for f in files],
+                       classes)
 
 
 def check_class_count(n_classes: int, n_outputs: int, what: str = "the support folder") -> None:
@@ -203,6 +211,6 @@ def make_folder(cfg: FolderConfig, split: str) -> EpisodeSampler:
             else f"{cfg.path}: no classes left for training; lower task.val_fraction / task.test_fraction"
         )
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir(Path(cfg.path).expanduser())
-    data = load_class_folders(dirs, cfg.image_size, cfg.channels, cache_dir=cache)
+    data = load_class_folders(dirs, cfg.image_size, cfg.channels, cache_dir=cache, crop=cfg.crop)
     return EpisodeSampler(data, *episode_shape(cfg, split), name=f"the {split} split of {cfg.path}",
                           augment=split_augment(cfg, split))

@@ -13,7 +13,10 @@ Each archive is preprocessed once into the image cache (store.py),
 ``<cache_dir>/<archive stem>.<size>px.cache``: every drawing converted to grayscale, resized to
 ``image_size`` with Pillow's LANCZOS filter (as the MAML reference code), inverted so strokes
 are bright (ink = 255, background = 0), stored as uint8 [characters, 20, size, size] and
-memory-mapped by later runs. The cache records the archive's size and modification time, so a
+memory-mapped by later runs. With ``crop="ink"`` each drawing is first cut to the square around
+its strokes (store.crop_to_ink: position and size normalised, aspect kept; cache
+``<archive stem>.<size>px.ink.cache``), so the character fills the image whatever its size on
+the 105-pixel canvas. The cache records the archive's size and modification time, so a
 replaced archive is preprocessed again. ``cache_dir`` defaults to the archive's folder when that
 is writable, else (a shared, read-only dataset folder) to a folder per archive folder under the
 user cache (``$XDG_CACHE_HOME/metagrad/preprocessed``, else ``~/.cache/metagrad/preprocessed``).
@@ -62,7 +65,7 @@ from ..errors import ConfigError, DataError
 from ..registry import TASKS
 from .files import dataset_dir, download, entry_parts, is_junk
 from .images import EpisodeConfig, EpisodeSampler, ImageClassDataset, episode_shape, split_augment
-from .store import cached_images, default_cache_dir, load_images, source_key
+from .store import CROPS, cached_images, crop_to_ink, default_cache_dir, load_images, source_key
 
 DEFAULT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 MD5 = {
@@ -88,6 +91,8 @@ class OmniglotConfig(EpisodeConfig):
     within_alphabet: str = choice("never", WHEN)  # the N characters of an episode come from one alphabet (and rotation)
     same_drawers: str = choice("never", WHEN)  # all support images by the same K drawers, all queries by Q others
     image_size: int = positive(28)
+    # "ink": each drawing cut to the square around its strokes before resizing (position and size normalised)
+    crop: str = choice("none", CROPS)
     data_dir: str | None = None  # archives in <data_dir>/omniglot/; None: $METAGRAD_DATA or ~/.cache/metagrad
     cache_dir: str | None = None  # preprocessed tensors; None: beside the archives, or the user cache if read-only
     download: bool = True  # fetch missing canonical archives
@@ -169,10 +174,11 @@ def index_archive(zf: zipfile.ZipFile, path: Path) -> dict[str, list[zipfile.Zip
     return chars
 
 
-def decode_archive(zf: zipfile.ZipFile, chars: dict[str, list[zipfile.ZipInfo]], path: Path, out: np.ndarray) -> dict:
+def decode_archive(zf: zipfile.ZipFile, chars: dict[str, list[zipfile.ZipInfo]], path: Path, out: np.ndarray,
+                   crop: str = "none") -> dict:
     """Decode the characters of :func:`index_archive` in sorted order into ``out``, uint8
-    [chars, 20, S, S]: grayscale, resized with Pillow LANCZOS, inverted (ink = 255).
-    Returns {"characters": their names}."""
+    [chars, 20, S, S]: grayscale, cut to the ink (``crop="ink"``, :func:`crop_to_ink`), resized
+    with Pillow LANCZOS, inverted (ink = 255). Returns {"characters": their names}."""
     size = out.shape[-1]
     with tqdm(total=len(chars) * DRAWINGS, unit="img", desc=f"preprocessing {path.name}",
               disable=None) as bar:  # None: no bar when stderr is not a terminal (log files)
@@ -185,7 +191,10 @@ def decode_archive(zf: zipfile.ZipFile, chars: dict[str, list[zipfile.ZipInfo]],
                                 f"{path}: not an Omniglot archive: {info.filename} is {im.size[0]}x{im.size[1]}, "
                                 f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
                             )
-                        small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                        gray = im.convert("L")
+                        if crop == "ink":
+                            gray = crop_to_ink(gray)
+                        small = gray.resize((size, size), Image.Resampling.LANCZOS)
                 except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
                     raise DataError(f"{path}: corrupt archive, entry {info.filename}: {e}") from None
                 out[c, d] = 255 - np.asarray(small)
@@ -193,12 +202,16 @@ def decode_archive(zf: zipfile.ZipFile, chars: dict[str, list[zipfile.ZipInfo]],
     return {"characters": sorted(chars)}
 
 
-def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> tuple[list[str], torch.Tensor]:
+def load_archive(path: Path, image_size: int, cache_dir: Path | None = None,
+                 crop: str = "none") -> tuple[list[str], torch.Tensor]:
     """An Omniglot archive's (character names "Alphabet/characterNN", uint8 [chars, 20, S, S]),
     decoded once into the image cache (store.py) and memory-mapped from it afterwards; the
     cache is rebuilt when the archive changes."""
     key = {"format": CACHE_FORMAT, **source_key(path), "image_size": image_size, "filter": "lanczos"}
-    cache = (cache_dir or default_cache_dir(path.parent)) / f"{path.stem}.{image_size}px.cache"
+    suffix = ""
+    if crop != "none":  # uncropped caches keep their key and name, so they stay valid
+        key["crop"], suffix = crop, f".{crop}"
+    cache = (cache_dir or default_cache_dir(path.parent)) / f"{path.stem}.{image_size}px{suffix}.cache"
     found = load_images(cache, key)
     if found is None:
         try:
@@ -208,7 +221,7 @@ def load_archive(path: Path, image_size: int, cache_dir: Path | None = None) -> 
         with zf:
             chars = index_archive(zf, path)
             shape = (len(chars), DRAWINGS, image_size, image_size)
-            found = cached_images(cache, key, shape, lambda out: decode_archive(zf, chars, path, out), what="Omniglot")
+            found = cached_images(cache, key, shape, lambda out: decode_archive(zf, chars, path, out, crop), what="Omniglot")
     images, meta = found
     return meta["characters"], images
 
@@ -231,7 +244,7 @@ def _pool(cfg: OmniglotConfig, archives: list[str], root: Path) -> dict[str, tor
     origin: dict[str, str] = {}
     for name in archives:
         path = _archive_path(name, root, cfg.download)
-        names, images = load_archive(path, cfg.image_size, cache_dir)
+        names, images = load_archive(path, cfg.image_size, cache_dir, cfg.crop)
         for ch, im in zip(names, images):
             if ch in pool:
                 raise DataError(f"character {ch} is in both {origin[ch]} and {name}; pool archives without overlap")

@@ -50,25 +50,56 @@ class StoredImagesConfig(EpisodeConfig):
     download: bool = True  # fetch missing files that their authors publish (checksummed)
 
 
-def fit_image(im: Image.Image, image_size: int, channels: int) -> np.ndarray:
+CROPS = ("none", "ink")  # how an image is cut before resizing: as it is, or around its strokes (crop_to_ink)
+
+
+def crop_to_ink(im: Image.Image, margin: float = 0.1) -> Image.Image:
+    """The square of ``im`` (mode "L" or "RGB") centred on the bounding box of its ink, with
+    sides 1 + 2 * ``margin`` times the box's longer side, padded with the background; ``im``
+    itself when it has no ink. The background is the median colour of the image's border, and
+    ink every pixel whose gray level differs from the border's median by more than 64 of 255, so
+    dark-on-light and light-on-dark drawings are cut alike. The drawing's position and size are
+    normalised away; its aspect ratio is kept."""
+    gray = np.asarray(im.convert("L"), dtype=np.int16)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    ink = np.abs(gray - np.median(border)) > 64
+    if not ink.any():
+        return im
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    side = round(max(rows[-1] - rows[0], cols[-1] - cols[0]) * (1 + 2 * margin)) + 1
+    top = round((rows[0] + rows[-1] + 1 - side) / 2)
+    left = round((cols[0] + cols[-1] + 1 - side) / 2)
+    pixels = np.asarray(im).reshape(gray.shape[0], gray.shape[1], -1)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = tuple(int(v) for v in np.median(edge, axis=0))
+    canvas = Image.new(im.mode, (side, side), fill[0] if im.mode == "L" else fill)
+    canvas.paste(im, (-left, -top))
+    return canvas
+
+
+def fit_image(im: Image.Image, image_size: int, channels: int, crop: str = "none") -> np.ndarray:
     """A Pillow image as uint8 [channels, image_size, image_size]: flattened onto white if
-    transparent, converted to grayscale (1 channel) or RGB (3), resized with Pillow's LANCZOS
-    filter (the aspect ratio is not kept; an image already of that size is left as it is)."""
+    transparent, converted to grayscale (1 channel) or RGB (3), cut around its strokes if
+    ``crop="ink"`` (:func:`crop_to_ink`), resized with Pillow's LANCZOS filter (the aspect ratio
+    is not kept; an image already of that size is left as it is)."""
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     im = im.convert("L" if channels == 1 else "RGB")
+    if crop == "ink":
+        im = crop_to_ink(im)
     im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def read_image(source: Path | bytes, image_size: int, channels: int, name: str | None = None) -> np.ndarray:
+def read_image(source: Path | bytes, image_size: int, channels: int, name: str | None = None,
+               crop: str = "none") -> np.ndarray:
     """An image file (a path, or its bytes named ``name``) as uint8 [channels, image_size,
     image_size]: turned upright by its EXIF orientation, then :func:`fit_image`. DataError
     naming the file if it cannot be decoded (corrupt or truncated)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            return fit_image(ImageOps.exif_transpose(im), image_size, channels)
+            return fit_image(ImageOps.exif_transpose(im), image_size, channels, crop)
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         raise DataError(f"cannot read image {name or source}: {e}") from None
 
