@@ -8,8 +8,10 @@
 #   bash benchmarks/gpu_fidelity.sh DATA_DIR [BUDGET_S=720] [RESULTS_DIR=gpu-fidelity-results]
 #
 # DATA_DIR holds omniglot/images_background.zip and images_evaluation.zip (and, to save the
-# decoding, their preprocessed *.cache files). Each preset gets an equal share of what is left of
-# BUDGET_S when it starts (start-up, data, compilation and evaluation included): training stops
+# decoding, their preprocessed *.cache files). Every preset's images of all three splits are
+# decoded into the cache first, within the budget, so no evaluation spends its EVAL_S on that
+# (a rehearsal of oneshot-omniglot-lake-56 did). Each preset gets an equal share of what is left of
+# BUDGET_S when it starts (start-up, compilation and evaluation included): training stops
 # by SIGTERM EVAL_S seconds before the share ends and saves a checkpoint at an iteration
 # boundary, which is then evaluated under a timeout of EVAL_S, so a run cut short is reported
 # with the share of its schedule it ran. After EVERY preset, RESULTS_DIR/fidelity.json is
@@ -46,6 +48,19 @@ if [ "$DEVICE" != cpu ]; then
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_fidelity: no CUDA device')" || exit 2
 fi
 "$PY" -m metagrad --help > /dev/null || { echo "gpu_fidelity: metagrad does not import"; exit 2; }
+
+# decode every preset's images into the cache first (outside the timed shares): an evaluation
+# that had to build its test images' cache could run out of its EVAL_S
+"$PY" - "$DATA" $PRESETS $EXTRA <<'PYEOF' || { echo "gpu_fidelity: preparing the data failed"; exit 2; }
+import sys
+from metagrad.build import build_task
+from metagrad.config import load_config, with_data_dir
+for preset in sys.argv[2:]:
+    cfg = with_data_dir(load_config(preset), sys.argv[1])
+    for split in ("train", "val", "test"):
+        build_task(cfg, split)
+    print(f"== {preset}: images cached")
+PYEOF
 
 run_one() {  # PRESET SHARE: train until EVAL_S before the share ends, evaluate, record
     local preset=$1 share=$2 run="$WORK/$1" t0 status
