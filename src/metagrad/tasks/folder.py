@@ -7,8 +7,9 @@ are skipped, other files ignored). Each image is turned upright by its EXIF orie
 flattened onto white if it has transparency, converted to ``channels`` (1 = grayscale,
 3 = RGB) and resized to ``image_size`` x ``image_size`` with Pillow's LANCZOS filter — the
 aspect ratio is not kept, so crop beforehand if that matters, or, for drawings and handwriting,
-set ``crop="ink"`` to cut each image to the square around its strokes first (store.crop_to_ink). The images of each split are
-decoded once into the image cache (store.py), in ``task.cache_dir`` or else the user cache
+set ``crop="ink"`` to cut each image to the square around its strokes first
+(store.crop_to_ink). The images of each split are decoded once into the image cache
+(store.py), in ``task.cache_dir`` or else the user cache
 (``~/.cache/metagrad/preprocessed/``, never inside your folder), and memory-mapped by later runs
 until an image is changed, added or removed.
 
