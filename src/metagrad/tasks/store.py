@@ -60,18 +60,18 @@ def crop_to_ink(im: Image.Image, margin: float = 0.1) -> Image.Image:
     ink every pixel whose gray level differs from the border's median by more than 64 of 255, so
     dark-on-light and light-on-dark drawings are cut alike. The drawing's position and size are
     normalised away; its aspect ratio is kept."""
+    def border(a: np.ndarray) -> np.ndarray:  # the pixels of the image's four edges
+        return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
     gray = np.asarray(im.convert("L"), dtype=np.int16)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    ink = np.abs(gray - np.median(border)) > 64
+    ink = np.abs(gray - np.median(border(gray))) > 64
     if not ink.any():
         return im
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
     side = round(max(rows[-1] - rows[0], cols[-1] - cols[0]) * (1 + 2 * margin)) + 1
     top = round((rows[0] + rows[-1] + 1 - side) / 2)
     left = round((cols[0] + cols[-1] + 1 - side) / 2)
-    pixels = np.asarray(im).reshape(gray.shape[0], gray.shape[1], -1)
-    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    fill = tuple(int(v) for v in np.median(edge, axis=0))
+    fill = tuple(int(v) for v in np.median(border(np.asarray(im).reshape(*gray.shape, -1)), axis=0))
     canvas = Image.new(im.mode, (side, side), fill[0] if im.mode == "L" else fill)
     canvas.paste(im, (-left, -top))
     return canvas
