@@ -125,23 +125,6 @@ def test_rotations_are_separate_classes(shared_data, small_cache):
     assert plain.n_classes == 114 and torch.equal(plain.images.view(-1, 20, 28, 28), imgs[:, 0])
 
 
-def test_mirror_adds_mirrored_characters_in_mirrored_alphabets_to_training_only(shared_data, small_cache):
-    """task.mirror: each training character's left-right mirror image is a class of its own, rotated
-    like the others, in an alphabet group of its own; val and test are untouched."""
-    cfg = small_cfg(shared_data, small_cache, mirror=True)
-    data = omniglot_dataset(cfg, "train")
-    plain = omniglot_dataset(small_cfg(shared_data, small_cache), "train")
-    assert data.n_classes == 2 * plain.n_classes == 2 * 114 * 4
-    imgs = data.images.view(2, 114, 4, 20, 28, 28)  # [original / mirror, characters, rotations, drawings]
-    assert torch.equal(imgs[0], plain.images.view(114, 4, 20, 28, 28))
-    assert torch.equal(imgs[1, :, 0], imgs[0, :, 0].flip(-1))
-    assert torch.equal(imgs[1, :, 1], torch.rot90(imgs[0, :, 0].flip(-1), 1, dims=(-2, -1)))
-    assert data.class_names[114 * 4 + 1] == "Balinese/character01/mirror/rot090"
-    assert data.class_groups[114 * 4 + 1] == "Balinese/mirror/rot090" and data.class_groups[1] == "Balinese/rot090"
-    for split in ("val", "test"):
-        assert omniglot_dataset(cfg, split).class_names == omniglot_dataset(small_cfg(shared_data, small_cache), split).class_names
-
-
 def test_crop_ink_cuts_each_drawing_around_its_strokes(shared_data, small_cache):
     """task.crop=ink: every drawing is the square around its strokes, resized and inverted, from a
     cache of its own; the character then spans the image, which the uncut drawings rarely do."""

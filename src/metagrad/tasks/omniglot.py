@@ -21,8 +21,7 @@ replaced archive is preprocessed again. ``cache_dir`` defaults to the archive's 
 is writable, else (a shared, read-only dataset folder) to a folder per archive folder under the
 user cache (``$XDG_CACHE_HOME/metagrad/preprocessed``, else ``~/.cache/metagrad/preprocessed``).
 
-Splits (every split's classes are characters, times four rotations when ``rotate``, and in
-training times two when ``mirror`` adds each character's mirror image):
+Splits (every split's classes are characters, times four rotations when ``rotate``):
 
 * ``vinyals`` — Vinyals et al. 2016 as used by MAML and Prototypical Networks, pooling both
   archives: train 1028 / val 172 / test 423 characters (4112 / 688 / 1692 classes;
@@ -88,7 +87,6 @@ class OmniglotConfig(EpisodeConfig):
     train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
     eval_rotate: bool | None = None  # rotations in val/test; None: as rotate
-    mirror: bool = False  # training only: each character's left-right mirror image is a class of its own
     # "never", "eval" (val/test episodes only) or "always":
     within_alphabet: str = choice("never", WHEN)  # the N characters of an episode come from one alphabet (and rotation)
     same_drawers: str = choice("never", WHEN)  # all support images by the same K drawers, all queries by Q others
@@ -279,20 +277,14 @@ def split_characters(cfg: OmniglotConfig, split: str) -> dict[str, torch.Tensor]
 def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
     """The classes of ``split`` as an :class:`ImageClassDataset`, images uint8 [classes*20, 1, S, S].
 
-    Classes are sorted by character name; with ``cfg.mirror`` (training split only) each
-    character also gives its left-right mirror image "<character>/mirror", in a mirrored
-    alphabet "<alphabet>/mirror"; with ``cfg.rotate`` each of those gives four classes
-    "<name>/rot000" .. "/rot270" (counter-clockwise rotations), in rotated alphabets.
+    Classes are sorted by character name; with ``cfg.rotate`` each character gives four
+    classes "<character>/rot000" .. "/rot270" (counter-clockwise rotations).
     """
     chars = split_characters(cfg, split)
     if not chars:
         raise DataError(f"the Omniglot {cfg.split_scheme} {split} split has no characters in the given archives")
     names = sorted(chars)
     images = torch.stack([chars[n] for n in names])
-    groups = [n.split("/")[0] for n in names]  # the alphabet
-    if cfg.mirror and split == "train":
-        images = torch.cat([images, images.flip(-1)])
-        names, groups = names + [n + "/mirror" for n in names], groups + [g + "/mirror" for g in groups]
     rotate = cfg.rotate if split == "train" or cfg.eval_rotate is None else cfg.eval_rotate
     rotations = ROTATIONS if rotate else (0,)
     # [chars, R, 20, S, S]: counter-clockwise rotations, each its own class
@@ -304,7 +296,7 @@ def omniglot_dataset(cfg: OmniglotConfig, split: str) -> ImageClassDataset:
         images.reshape(n_classes * DRAWINGS, 1, cfg.image_size, cfg.image_size),
         torch.arange(n_classes).repeat_interleave(DRAWINGS),
         class_names,
-        class_groups=[g + x for g in groups for x in suffixes],  # a rotated (mirrored) alphabet is its own group
+        class_groups=[n.split("/")[0] + x for n in names for x in suffixes],  # a rotated alphabet is its own group
         sources=torch.arange(DRAWINGS).repeat(n_classes),  # drawing number _01.._20: the drawer
     )
 
