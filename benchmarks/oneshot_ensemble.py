@@ -19,7 +19,12 @@ from metagrad.config import with_data_dir
 from metagrad.evaluation import mean_ci95, vote
 from metagrad.train import TEST_SEED, load_run
 
-SAME = ("image_size", "crop", "split_scheme")  # task settings the members must share (and the task name)
+SAME = ("image_size", "crop", "split_scheme")  # task settings the members must share, with the task's name
+
+
+def shared(cfg) -> dict:
+    """The task settings of a run that its ensemble's other members must match."""
+    return {"name": cfg.task.name, **{key: getattr(cfg.task.hp, key, None) for key in SAME}}
 
 
 def main() -> None:
@@ -31,13 +36,11 @@ def main() -> None:
     args = p.parse_args()
     members = [load_run(r, args.overrides) for r in args.runs]
     cfg = members[0][0]
-    def shared(c):
-        return {"name": c.task.name, **{key: getattr(c.task.hp, key, None) for key in SAME}}
-
+    first = shared(cfg)
     for run, (other, _, _) in zip(args.runs, members):
         for key, value in shared(other).items():
-            if value != shared(cfg)[key]:
-                raise SystemExit(f"error: {run} has task {key}={value!r}, the first run {shared(cfg)[key]!r}: "
+            if value != first[key]:
+                raise SystemExit(f"error: {run} has task {key}={value!r}, the first run {first[key]!r}: "
                                  "the members must share it")
     tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
     views = getattr(tasks, "query_views", 1)
