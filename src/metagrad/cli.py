@@ -89,7 +89,13 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate
     from .train import TEST_SEED, load_run, resolve_device
 
-    cfg, learner, state = load_run(args.run, list(args.set or []))
+    runs = [load_run(run, list(args.set or [])) for run in args.run]
+    cfg, learner, _ = runs[0]
+    if len(runs) > 1:  # an ensemble: the tasks of the first run, every member scored on them
+        from .ensemble import Ensemble, check_members
+
+        check_members(args.run, [c for c, _, _ in runs], [m for _, m, _ in runs])
+        learner = Ensemble(args.run, [m for _, m, _ in runs])
     cfg = _with_data_dir(cfg, args)
     device = resolve_device(cfg.train.device)
     import torch
@@ -99,9 +105,10 @@ def cmd_eval(args) -> int:
     tasks = build_task(cfg, args.split)
     est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device, dtype,
                    progress=True)
+    iterations = [s["iteration"] for _, _, s in runs]
     result = {
-        "checkpoint": str(args.run),
-        "iteration": state["iteration"],
+        "checkpoint": args.run[0] if len(runs) == 1 else args.run,
+        "iteration": iterations[0] if len(runs) == 1 else iterations,
         "split": args.split,
         "headline": learner.headline,
         "trained_setting": learner.trained_setting,
@@ -112,7 +119,8 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.run} (iteration {state['iteration']}), {args.split} split:")
+        names = ", ".join(f"{run} (iteration {it})" for run, it in zip(args.run, iterations))
+        print(f"{'ensemble of ' if len(runs) > 1 else ''}{names}, {args.split} split:")
         _print_estimates({k: e.to_dict() for k, e in est.items()}, learner.headline, learner.trained_setting)
     return 0
 
@@ -246,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (mean ± 95%% CI)")
-    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("run", nargs="+", help="run directory or checkpoint file; several classification runs are also "
+                                          "scored as an ensemble (their log-probabilities summed, on the first run's tasks)")
     p.add_argument("--episodes", type=int, help="number of held-out tasks (default: the run's train.test_tasks, 600)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", help="dataset directory, if it moved since training")
