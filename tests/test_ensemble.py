@@ -62,6 +62,8 @@ def test_members_must_be_distinct_classifiers_on_the_same_task_settings():
         check_members(["r1", "r2"], [cfg(), cfg(image_size=56)], [clf, clf])
     with pytest.raises(ConfigError, match="r1 is given twice"):
         check_members(["r1", "r1"], [cfg(), cfg()], [clf, clf])
+    with pytest.raises(ConfigError, match="write ./ensemble"):
+        check_members(["r1", "ensemble"], [cfg(), cfg()], [clf, clf])
     with pytest.raises(ConfigError, match="r2 is a regression run; only classifiers"):
         check_members(["r1", "r2"], [cfg(), cfg()], [clf, SimpleNamespace(kind="regression")])
 

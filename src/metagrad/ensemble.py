@@ -21,6 +21,8 @@ def check_members(names: list[str], cfgs: list, learners: list) -> None:
     """ConfigError unless the runs can be ensembled: distinct, classifiers, on the same task settings."""
     if len(set(names)) < len(names):
         raise ConfigError(f"{next(n for n in names if names.count(n) > 1)} is given twice; an ensemble needs distinct runs")
+    if Ensemble.headline in names:
+        raise ConfigError(f"a run given as {Ensemble.headline!r} would share its name with the ensemble's row; write ./{Ensemble.headline}")
     for name, learner in zip(names, learners):
         if learner.kind != "classification":
             raise ConfigError(f"{name} is a {learner.kind} run; only classifiers can be ensembled (their log-probabilities are summed)")
