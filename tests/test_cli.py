@@ -355,6 +355,9 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
                                                "  iteration 30/40", "  iteration 40/40", "  iteration 40"]
     assert "validation 10 steps: mse" in rows[2] and "\r" not in err
     assert "mse" not in rows[0]  # a regression's mse is its loss: shown once
+    # the final test (10 tasks) says how far it got; validation, short and logged anyway, stays quiet
+    tested = [line.split(" (")[0] for line in err.splitlines() if line.startswith("  evaluating: ")]
+    assert tested == ["  evaluating: 10/10 tasks"]
 
 
 def test_plot_redraws_a_run_and_takes_overrides(tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,8 +66,8 @@ def evaluate(
     over its views (:func:`vote`) and scored once.
     Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
     draws the same tasks) and the per-episode metrics are gathered back into episode order, so
-    every rank returns the estimates a single process would. ``progress``: a bar on stderr when it
-    is a terminal (rank 0 only).
+    every rank returns the estimates a single process would. ``progress`` (rank 0 only): a bar on
+    stderr when it is a terminal; elsewhere (a log file) a line at every tenth of the episodes.
     """
     views = getattr(source, "query_views", 1)
     generator = torch.Generator().manual_seed(seed)
@@ -75,6 +77,8 @@ def evaluate(
     done = 0
     bar = tqdm(total=episodes, unit="task", desc="evaluating", leave=False,
                disable=None if progress and ctx.is_main else True)  # None: off when not a terminal
+    lines_every = math.ceil(episodes / 10) if progress and ctx.is_main and bar.disable else 0
+    t0 = time.time()
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
         while done < episodes:
@@ -82,14 +86,15 @@ def evaluate(
             batch = source.sample(n, generator)
             keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
             torch.manual_seed(seed * 1_000_003 + done)  # a learner's own randomness (Reptile's mini-batches): fixed too
+            if keep:
+                batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
+                for key, out in learner.eval_predictions(batch).items():
+                    pred, target = out if isinstance(out, tuple) else (vote(out, views), batch.query_y[:, : batch.query_y.shape[1] // views])
+                    per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
             done += n
             bar.update(n)
-            if not keep:
-                continue
-            batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
-            for key, out in learner.eval_predictions(batch).items():
-                pred, target = out if isinstance(out, tuple) else (vote(out, views), batch.query_y[:, : batch.query_y.shape[1] // views])
-                per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
+            if lines_every and (done // lines_every > (done - n) // lines_every or done == episodes):
+                print(f"  evaluating: {done}/{episodes} tasks ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     bar.close()
     learner.train(was_training)
     name = metric_name(learner.kind)
