@@ -152,6 +152,20 @@ def test_evaluation_scores_each_query_once_from_its_summed_views():
     assert abs(est.mean - torch.cat(per_view).mean().item()) > 0.01  # scoring the 9Q views one by one differs
 
 
+def test_evaluation_in_chunks_scores_the_same_tasks_in_smaller_calls():
+    """chunk bounds the tasks per forward pass (memory) without changing which tasks are drawn."""
+    torch.manual_seed(0)
+    learner = ProtoNet(Conv4(Conv4Config(channels=8, blocks=2), 1, None), "vmap")
+    sampler = EpisodeSampler(toy_dataset(), 3, 1, 2, augment="shifts_both")
+    whole = evaluate(learner, sampler, 25, seed=5, batch_size=10)["adapted"]
+    sizes, predict = [], learner.eval_predictions
+    learner.eval_predictions = lambda batch: sizes.append(len(batch.support_x)) or predict(batch)
+    chunked = evaluate(learner, sampler, 25, seed=5, batch_size=10, chunk=3)["adapted"]
+    assert sizes == [3, 3, 3, 1, 3, 3, 3, 1, 3, 2]
+    assert chunked.episodes == 25 and chunked.mean == pytest.approx(whole.mean, abs=1e-9)
+    assert chunked.ci95 == pytest.approx(whole.ci95, abs=1e-9)
+
+
 def test_adapt_uses_the_runs_test_time_views(tmp_path, capsys):
     """`metagrad adapt` on a run trained with eval_augment=shifts_both: its probabilities are the
     softmax of the query log-probabilities summed over 9 shifts, with the support given in 9 shifts."""

@@ -104,7 +104,7 @@ def cmd_eval(args) -> int:
     learner.to(device, dtype)
     tasks = build_task(cfg, args.split)
     est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device, dtype,
-                   progress=True)
+                   progress=True, chunk=cfg.train.eval_chunk)
     iterations = [s["iteration"] for _, _, s in runs]
     result = {
         "checkpoint": args.run[0] if len(runs) == 1 else args.run,

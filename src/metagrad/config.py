@@ -87,7 +87,8 @@ class TrainConfig(HParams):
     eval_every: int = nonnegative(500)  # validation every N iterations; 0 = only at the end
     eval_tasks: int = positive(100)  # validation tasks per evaluation
     test_tasks: int = positive(600)  # held-out tasks of the final report
-    eval_batch: int = positive(50)  # tasks per evaluation batch
+    eval_batch: int = positive(50)  # tasks drawn at a time in evaluation (another value draws other tasks)
+    eval_chunk: int = nonnegative(0)  # tasks per evaluation forward pass; 0 = a whole eval_batch (lower: less memory, same tasks)
     checkpoint_every: int = positive(500)
     log_every: int = positive(50)
     seed: int = 0

@@ -56,6 +56,7 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     ctx: DistContext = DistContext(),
     progress: bool = False,
+    chunk: int = 0,
 ) -> dict[str, Estimate]:
     """Adapt to ``episodes`` held-out tasks drawn from a fixed-seed generator and score the queries.
 
@@ -64,6 +65,8 @@ def evaluate(
     A source with ``query_views = V > 1`` (e.g. ``task.eval_augment="shifts_both"``) gives every
     query in V views, [B, V*Q] laid out view by view; each query's log-probabilities are summed
     over its views (:func:`vote`) and scored once.
+    Tasks are drawn ``batch_size`` at a time and scored ``chunk`` at a time (0: a whole draw), so
+    ``chunk`` bounds memory without changing which tasks are drawn.
     Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
     draws the same tasks) and the per-episode metrics are gathered back into episode order, so
     every rank returns the estimates a single process would. ``progress`` (rank 0 only): a bar on
@@ -86,10 +89,11 @@ def evaluate(
             batch = source.sample(n, generator)
             keep = [i for i in range(n) if (done + i) % ctx.world == ctx.rank]
             torch.manual_seed(seed * 1_000_003 + done)  # a learner's own randomness (Reptile's mini-batches): fixed too
-            if keep:
-                batch = batch[torch.tensor(keep)].to(device, dtype) if len(keep) < n else batch.to(device, dtype)
-                for key, out in learner.eval_predictions(batch).items():
-                    pred, target = out if isinstance(out, tuple) else (vote(out, views), batch.query_y[:, : batch.query_y.shape[1] // views])
+            step = chunk or len(keep) or 1
+            for part in (keep[i : i + step] for i in range(0, len(keep), step)):
+                tasks = batch[torch.tensor(part)].to(device, dtype) if len(part) < n else batch.to(device, dtype)
+                for key, out in learner.eval_predictions(tasks).items():
+                    pred, target = out if isinstance(out, tuple) else (vote(out, views), tasks.query_y[:, : tasks.query_y.shape[1] // views])
                     per_key.setdefault(key, []).append(task_metric(learner.kind, pred, target).cpu())
             done += n
             bar.update(n)

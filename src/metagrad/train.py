@@ -281,7 +281,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
             )
 
     def validate(iteration: int) -> dict[str, Estimate]:
-        est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype, ctx)
+        est = evaluate(learner, val_tasks, tc.eval_tasks, VAL_SEED, tc.eval_batch, device, dtype, ctx, chunk=tc.eval_chunk)
         if ctx.is_main:
             logger.log(iteration, "val", {k.replace(" ", "_"): e.mean for k, e in est.items()})
             if progress:
@@ -353,7 +353,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
 
     validate(tc.iterations)
     test_tasks = build_task(cfg, "test")
-    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx, progress)
+    est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx, progress,
+                   tc.eval_chunk)
     report = {
         "run_dir": str(run_dir),
         "preset": cfg.preset,
