@@ -172,6 +172,10 @@ def test_resume_with_a_different_preset_is_refused(tmp_path, capsys):
     assert run_cli(capsys, "train", "--out", str(out_dir), *FAST)[0] == 0
     code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--preset", "fomaml-sine")
     assert code == 2 and "different learner config" in err
+    # tasks per evaluation pass only bound memory; tasks per draw choose which tasks are tested
+    assert run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.eval_chunk=3")[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.eval_batch=3")
+    assert code == 2 and "different train config" in err
 
 
 def test_killed_training_process_resumes_from_its_checkpoint(tmp_path):

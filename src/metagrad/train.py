@@ -139,7 +139,7 @@ def require_finite(learner: MetaLearner, values: dict[str, float], iteration: in
 
 
 #: train settings that change speed or memory but not the mathematics; a resumed run may change them
-RESUMABLE_CHANGES = ("iterations", "device", "threads", "task_chunk", "compile")
+RESUMABLE_CHANGES = ("iterations", "device", "threads", "task_chunk", "eval_chunk", "compile")
 
 
 def _check_resume_config(cfg: Config, saved: dict) -> None:
