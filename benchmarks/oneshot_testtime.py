@@ -1,0 +1,110 @@
+"""Test-time choices on Lake's one-shot challenge, compared on the same episodes (paired).
+
+Loads a trained run (e.g. `oneshot-omniglot-lake-28`) and draws its test episodes without its
+own test-time views (seed 12345). ``--compare views``: each view set scored as
+`task.eval_augment=shifts_both` does (every support image given in all V views, every query
+scored in its V views with the log-probabilities summed by `evaluation.vote`):
+
+  shift1        -1/0/+1 px each way (9 views: what shifts_both does)
+  shift2        -2..+2 px each way (25)
+  shift1xscale  shift1 at scales 0.9 / 1 / 1.1 (27)
+  shift1xrot    shift1 at rotations -6 / 0 / +6 degrees (27)
+
+``--compare metrics``: SimpleShot-style normalisations (Wang et al. 2019) of a Prototypical
+Network's embeddings against the squared Euclidean distance it was trained with, no views:
+
+  euclid  -||z_q - c_k||^2 (as trained);  cosine  embeddings L2-normalised first;
+  center  the task's mean support embedding subtracted first;  cl2n  centred, then L2-normalised
+
+    OMP_NUM_THREADS=1 python benchmarks/oneshot_testtime.py RUN --data-dir DATA --compare views [--episodes 200]
+"""
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+from metagrad.build import build_task
+from metagrad.config import with_data_dir
+from metagrad.evaluation import vote
+from metagrad.learners.protonet import prototype_logits
+from metagrad.tasks.images import warp
+from metagrad.train import load_run
+
+
+def theta(size: int, dy: float = 0.0, dx: float = 0.0, scale: float = 1.0, rot_deg: float = 0.0) -> torch.Tensor:
+    """The affine_grid map [2, 3] that moves a ``size``-px image by (dy, dx) px, scales and rotates it."""
+    c, s = math.cos(math.radians(rot_deg)) / scale, math.sin(math.radians(rot_deg)) / scale
+    return torch.tensor([[c, -s, -2 * dx / size], [s, c, -2 * dy / size]], dtype=torch.float64)
+
+
+def view_sets(size: int) -> dict[str, list[torch.Tensor]]:
+    one = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return {
+        "shift1 (9)": [theta(size, dy, dx) for dy, dx in one],
+        "shift2 (25)": [theta(size, dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
+        "shift1 x scale 0.9/1/1.1 (27)": [theta(size, dy, dx, s) for s in (0.9, 1, 1.1) for dy, dx in one],
+        "shift1 x rotation -6/0/6 deg (27)": [theta(size, dy, dx, 1, r) for r in (-6, 0, 6) for dy, dx in one],
+    }
+
+
+def views(x: torch.Tensor, y: torch.Tensor, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, S, C, H, W], y [B, S] -> [B, V*S, ...], [B, V*S], view by view."""
+    flat = x.flatten(0, 1)
+    out = [warp(flat, m[None].expand(flat.shape[0], 2, 3)).view_as(x) for m in maps]
+    return torch.cat(out, 1), y.repeat(1, len(maps))
+
+
+def metric_logits(rule: str, zs: torch.Tensor, support_y: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
+    """zs [B, S, D], support_y [B, S], zq [B, Q, D] -> [B, Q, N] under ``rule``."""
+    if rule in ("center", "cl2n"):
+        mean = zs.mean(1, keepdim=True)
+        zs, zq = zs - mean, zq - mean
+    if rule in ("cosine", "cl2n"):
+        zs, zq = F.normalize(zs, dim=-1), F.normalize(zq, dim=-1)
+    return prototype_logits(zs, support_y, zq)
+
+
+def score_views(learner, b, size: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, maps in view_sets(size).items():
+        model = learner.adapt(*views(b.support_x, b.support_y, maps))
+        out[name] = vote(model(views(b.query_x, b.query_y, maps)[0]), len(maps))
+    return out
+
+
+def score_metrics(learner, b, size: int) -> dict[str, torch.Tensor]:
+    zs, zq = learner.embed(b.support_x, b.query_x)
+    return {rule: metric_logits(rule, zs, b.support_y, zq) for rule in ("euclid", "cosine", "center", "cl2n")}
+
+
+#: comparison -> (its scorer, tasks drawn per call: 10 bounds the memory of 27 views)
+COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--compare", choices=sorted(COMPARISONS), required=True)
+    p.add_argument("--episodes", type=int, default=200)
+    args = p.parse_args()
+    cfg, learner, _ = load_run(args.run, ["task.eval_augment=none"])
+    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
+    learner.eval()
+    score, per_draw = COMPARISONS[args.compare]
+    gen = torch.Generator().manual_seed(12345)
+    wrong, trials = {}, 0
+    with torch.no_grad():
+        for _ in range(args.episodes // per_draw):
+            b = tasks.sample(per_draw, gen)
+            for name, logits in score(learner, b, tasks.input_shape[-1]).items():
+                wrong[name] = wrong.get(name, 0) + int((logits.argmax(-1) != b.query_y).sum())
+            trials += b.query_y.numel()
+    for name, n in wrong.items():
+        print(f"{name:<36} {100 * n / trials:.2f}% error over {trials} trials")
+
+
+if __name__ == "__main__":
+    main()
