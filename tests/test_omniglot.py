@@ -468,17 +468,17 @@ def numpy_of(image):
 def test_challenge_recipes_keep_what_was_measured_to_help(preset):
     """The one-shot recipes (docs/results.md): drawings cut around their strokes, training episodes
     within one alphabet with affine distortions, test episodes in 9 shifts, the measured training
-    lengths; the protocol itself
-    (Lake split, 20-way 1-shot within an alphabet by two drawers, no rotations) from their base."""
+    lengths; the protocol itself (Lake split, 20-way 1-shot within an alphabet by two drawers, no
+    rotations) from their base."""
     from metagrad.config import load_config
 
-    task = load_config(preset, []).task.hp
+    cfg = load_config(preset, [])
+    task = cfg.task.hp
     assert (task.crop, task.within_alphabet, task.augment, task.eval_augment) == ("ink", "always", "affine", "shifts_both")
     assert (task.split_scheme, task.train_on, task.eval_ways, task.eval_shots, task.same_drawers, task.eval_rotate) == (
         "lake", "trainval", 20, 1, "eval", False)
-    train = load_config(preset, []).train
-    assert (train.iterations, train.lr_step) == {"oneshot-omniglot-lake-28": (16000, 4000),
-                                                 "oneshot-omniglot-lake-56": (20000, 5000)}[preset]
+    lengths = {"oneshot-omniglot-lake-28": (16000, 4000), "oneshot-omniglot-lake-56": (20000, 5000)}
+    assert (cfg.train.iterations, cfg.train.lr_step) == lengths[preset]
 
 
 def test_challenge_training_and_validation_never_see_the_evaluation_alphabets(shared_data, full_cache):
