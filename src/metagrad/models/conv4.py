@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..config import HParams, choice, positive
+from ..errors import ConfigError
 from ..registry import MODELS
 from .norm import BatchNorm
 
@@ -21,15 +22,28 @@ class Conv4Config(HParams):
     # what the last feature map becomes: "mean" over its positions (channels features), or
     # "flatten" (channels x H x W: MAML's and ProtoNets' mini-ImageNet models, 32x5x5 = 800 / 64x5x5 = 1600 at 84 px)
     pool: str = choice("mean", ("mean", "flatten"))
+    # one width per block (e.g. [64, 64, 128, 256]: wider where the map is small and a filter cheap);
+    # empty: ``channels`` in every block
+    widths: list[int] = positive([])
+
+    def validate(self) -> None:
+        if self.widths and len(self.widths) != self.blocks:
+            raise ConfigError(f"model.widths={self.widths}: expected one width per block ({self.blocks}), "
+                              f"or [] for model.channels={self.channels} in every block")
+
+    def block_widths(self) -> list[int]:
+        """Output channels of each block."""
+        return list(self.widths) or [self.channels] * self.blocks
 
 
 class Conv4(nn.Module):
-    """blocks x [3x3 conv, BatchNorm (batch statistics), ReLU, 2x2 down-sampling],
+    """blocks x [3x3 conv, BatchNorm (batch statistics), ReLU, 2x2 down-sampling] (``channels``
+    filters each, or ``widths[i]`` in block i),
     then the mean over the remaining spatial positions (``pool="mean"``) or all of them in a row
     (``pool="flatten"``, which needs the input's ``size`` (H, W)), and an optional linear head.
 
     x: [N, C, H, W] -> [N, n_outputs], or [N, features] embeddings when n_outputs is None
-    (features = channels, or channels x H' x W' flattened).
+    (features = the last block's width, or that x H' x W' flattened).
     """
 
     def __init__(self, cfg: Conv4Config, in_channels: int, n_outputs: int | None, size: tuple[int, int] | None = None):
@@ -40,13 +54,13 @@ class Conv4(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_channels
         stride = 2 if cfg.downsample == "stride" else 1
-        for _ in range(cfg.blocks):
-            layers += [nn.Conv2d(c_in, cfg.channels, 3, stride=stride, padding=1), BatchNorm(cfg.channels), nn.ReLU()]
+        for width in cfg.block_widths():
+            layers += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1), BatchNorm(width), nn.ReLU()]
             if cfg.downsample == "max":
                 layers.append(nn.MaxPool2d(2, ceil_mode=False))
-            c_in = cfg.channels
+            c_in = width
         self.features = nn.Sequential(*layers)
-        self.out_features = cfg.channels * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)
+        self.out_features = c_in * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)
         self.head = nn.Linear(self.out_features, n_outputs) if n_outputs is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
