@@ -157,8 +157,8 @@ def test_conv4_block_widths_shape_every_layer_and_bad_input():
     assert [tuple(c.weight.shape) for c in convs] == [(3, 1, 3, 3), (4, 3, 3, 3), (5, 4, 3, 3), (6, 5, 3, 3)]
     assert [m.weight.shape[0] for m in net.features if isinstance(m, BatchNorm)] == [3, 4, 5, 6]
     assert net.out_features == 6 and net(torch.rand(2, 1, 28, 28)).shape == (2, 6)
-    flat = Conv4(Conv4Config(widths=[3, 4, 5, 6], pool="flatten"), 1, 7, size=(28, 28))
-    assert flat.out_features == 6 * 1 * 1 and flat(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+    flat = Conv4(Conv4Config(widths=[3, 4, 5, 6], pool="flatten"), 1, 7, size=(32, 32))  # a 2x2 last map
+    assert flat.out_features == 6 * 2 * 2 and flat(torch.rand(2, 1, 32, 32)).shape == (2, 7)
     same = Conv4(Conv4Config(channels=5, widths=[5, 5, 5, 5]), 1, 3)  # [] and the same width in every block agree
     assert [p.shape for p in same.parameters()] == [p.shape for p in Conv4(Conv4Config(channels=5), 1, 3).parameters()]
     with pytest.raises(ConfigError, match=r"model.widths=\[64, 128\]: expected one width per block \(4\)"):
