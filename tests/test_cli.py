@@ -155,6 +155,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
     first_seconds = load_checkpoint(split)["train_seconds"]
     code, out, err = run_cli(capsys, "train", "--out", str(split), "--set", "train.iterations=50")
     assert code == 0 and "resuming" in err and "from iteration 25" in err and " it/s" in out
+    changed = next(line for line in err.splitlines() if "changed from the preset:" in line)  # the saved settings too
+    assert {"train.iterations=50", "train.test_tasks=10", "train.eval_every=0", "train.checkpoint_every=25"} == set(
+        changed.split(": ", 1)[1].split(", "))
     report = json.loads((split / "report.json").read_text())
     assert report["resumed_from"] == 25 and report["iterations_per_second"] > 0
     assert report["train_seconds"] > first_seconds > 0  # training time adds up over the two segments

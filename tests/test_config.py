@@ -93,3 +93,17 @@ def test_a_new_component_name_drops_the_keys_only_the_old_one_knew():
     cfg = load_config("darts-omniglot-5w1s")
     assert cfg.model.name == "search-cnn" and cfg.learner.hp.inner_lr == 0.4  # maml's, kept
     assert "downsample" not in cfg.to_dict()["model"]
+
+
+def test_changes_from_preset_name_each_setting_that_differs_from_the_shipped_preset():
+    from metagrad.config import changes_from_preset
+
+    assert changes_from_preset(load_config("oneshot-omniglot-lake-28")) == []
+    cfg = load_config("oneshot-omniglot-lake-28", ["task.image_size=32", "task.cache_dir=/tmp/c", "model.widths=[64,64,128,256]",
+                                                   "train.iterations=16000"])  # the preset's own length: no change
+    assert changes_from_preset(cfg) == ["task.image_size=32", "task.cache_dir=/tmp/c", "model.widths=[64,64,128,256]"]
+    # another model: its name and the keys the preset's model does not have
+    assert changes_from_preset(load_config("oneshot-omniglot-lake-28", ["model.name=resnet12"])) == [
+        "model.name=resnet12", "model.widths=[64,160,320,640]", "model.leak=0.1"]
+    cfg.preset = "no-such-preset"  # nothing to compare with
+    assert changes_from_preset(cfg) == []

@@ -38,7 +38,7 @@ def _with_data_dir(cfg, args):
 
 def cmd_train(args) -> int:
     from .checkpoint import CHECKPOINT_NAME
-    from .config import apply_overrides, load_config, resolve
+    from .config import apply_overrides, changes_from_preset, load_config, resolve
     from .train import StopNow, saved_config, train
 
     out = Path(args.out) if args.out else None
@@ -60,6 +60,9 @@ def cmd_train(args) -> int:
         out = Path("runs") / f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # under torchrun rank 0 reports
     say(f"metagrad train: {cfg.preset} — {cfg.description}", file=sys.stderr)
+    changes = changes_from_preset(cfg)
+    if changes:
+        say(f"  changed from the preset: {', '.join(changes)}", file=sys.stderr)
     say(f"  run directory: {out}", file=sys.stderr)
     try:
         report = train(cfg, out, progress=not args.quiet, log=lambda m: say(m, file=sys.stderr))

@@ -350,3 +350,15 @@ def with_data_dir(cfg: Config, data_dir: str) -> Config:
 
 def load_config(preset: str, overrides: list[str] = ()) -> Config:
     return resolve(apply_overrides(load_preset(preset), list(overrides)))
+
+
+def changes_from_preset(cfg: Config) -> list[str]:
+    """``section.key=value`` for every setting of ``cfg`` that differs from its preset as shipped
+    ([] when ``cfg`` names no known preset), e.g. ``["task.image_size=32"]``."""
+    if cfg.preset not in preset_names():
+        return []
+    ours, shipped = cfg.to_dict(), load_config(cfg.preset).to_dict()
+    return [f"{section}.{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+            for section in ("task", "model", "learner", "train")
+            for key, value in ours[section].items()
+            if key not in shipped[section] or shipped[section][key] != value]
