@@ -39,6 +39,14 @@ def test_the_ensemble_sums_each_members_log_probabilities():
     assert torch.equal(out["a"], a) and torch.equal(out["b"], b)
     expected = torch.log(torch.softmax(a.double(), -1) * torch.softmax(b.double(), -1))  # log of the product of probabilities
     assert torch.allclose(out["ensemble"].double(), expected, atol=1e-5)
+    assert set(out) == {"a", "b", "ensemble"}  # two members: no partial ensembles
+
+    c = torch.randn(2, 6, 4, generator=g) - 7
+    out = Ensemble(["a", "b", "c"], [Fixed(a), Fixed(b), Fixed(c)]).eval_predictions(None)
+    assert list(out) == ["a", "b", "c", "ensemble of the first 2", "ensemble"]
+    assert torch.allclose(out["ensemble of the first 2"].double(), expected, atol=1e-5)
+    expected = torch.log(torch.softmax(a.double(), -1) * torch.softmax(b.double(), -1) * torch.softmax(c.double(), -1))
+    assert torch.allclose(out["ensemble"].double(), expected, atol=1e-5)
 
 
 def test_evaluate_scores_the_members_and_the_ensemble_on_the_same_queries():
@@ -64,6 +72,9 @@ def test_members_must_be_distinct_classifiers_on_the_same_task_settings():
         check_members(["r1", "r1"], [cfg(), cfg()], [clf, clf])
     with pytest.raises(ConfigError, match="write ./ensemble"):
         check_members(["r1", "ensemble"], [cfg(), cfg()], [clf, clf])
+    with pytest.raises(ConfigError, match="'ensemble of the first 2' would share its name with an ensemble's row"):
+        check_members(["r1", "ensemble of the first 2", "r3"], [cfg(), cfg(), cfg()], [clf, clf, clf])
+    check_members(["r1", "ensemble of the first 2"], [cfg(), cfg()], [clf, clf])  # two runs have no such row
     with pytest.raises(ConfigError, match="r2 is a regression run; only classifiers"):
         check_members(["r1", "r2"], [cfg(), cfg()], [clf, SimpleNamespace(kind="regression")])
 

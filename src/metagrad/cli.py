@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (mean ± 95%% CI)")
     p.add_argument("run", nargs="+", help="run directory or checkpoint file; several classification runs are also "
-                                          "scored as an ensemble (their log-probabilities summed, on the first run's tasks)")
+                                          "scored as an ensemble (their log-probabilities summed, on the first run's tasks; "
+                                          "with three or more, also the ensembles of the first 2, 3, ...)")
     p.add_argument("--episodes", type=int, help="number of held-out tasks (default: the run's train.test_tasks, 600)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", help="dataset directory, if it moved since training")

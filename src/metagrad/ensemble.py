@@ -2,7 +2,9 @@
 
 ``metagrad eval RUN RUN2 [...]`` evaluates each run and their ensemble, which sums the members'
 log-probabilities, log softmax(logits_m) [B, Q, N], over the members m (with several views of a
-query, ``evaluate`` then sums over the views too). The test tasks come from the first run's config;
+query, ``evaluate`` then sums over the views too). With three runs or more it also scores the
+ensembles of the first 2, 3, ... runs on the same queries, so one evaluation shows what each added
+member buys. The test tasks come from the first run's config;
 every member must have been trained on the same task settings (only where the data are stored
 may differ), so that all of them read the images as they were trained to.
 """
@@ -21,8 +23,9 @@ def check_members(names: list[str], cfgs: list, learners: list) -> None:
     """ConfigError unless the runs can be ensembled: distinct, classifiers, on the same task settings."""
     if len(set(names)) < len(names):
         raise ConfigError(f"{next(n for n in names if names.count(n) > 1)} is given twice; an ensemble needs distinct runs")
-    if Ensemble.headline in names:
-        raise ConfigError(f"a run given as {Ensemble.headline!r} would share its name with the ensemble's row; write ./{Ensemble.headline}")
+    for name in names:
+        if name in Ensemble.row_names(len(names)):
+            raise ConfigError(f"a run given as {name!r} would share its name with an ensemble's row; write ./{name}")
     for name, learner in zip(names, learners):
         if learner.kind != "classification":
             raise ConfigError(f"{name} is a {learner.kind} run; only classifiers can be ensembled (their log-probabilities are summed)")
@@ -42,7 +45,8 @@ def task_settings(cfg) -> dict:
 
 class Ensemble(nn.Module):
     """What ``evaluation.evaluate`` scores for several classifiers: each member's headline logits
-    [B, V*Q, N] under its name, and under "ensemble" (the headline) the sum of their log-softmaxes."""
+    [B, V*Q, N] under its name, under "ensemble of the first k" the sum of the first k members' log-softmaxes
+    (2 <= k < M), and under "ensemble" (the headline) the sum over all M members."""
 
     kind = "classification"
     headline = "ensemble"
@@ -52,6 +56,11 @@ class Ensemble(nn.Module):
         super().__init__()
         self.names, self.members = list(names), nn.ModuleList(learners)
 
+    @classmethod
+    def row_names(cls, members: int) -> list[str]:
+        """The rows an ensemble of ``members`` runs adds to theirs: "ensemble of the first 2", ..., "ensemble"."""
+        return [*(f"{cls.headline} of the first {k}" for k in range(2, members)), cls.headline]
+
     def eval_predictions(self, batch) -> dict[str, Tensor]:
         out = {}
         for name, member in zip(self.names, self.members):
@@ -59,4 +68,9 @@ class Ensemble(nn.Module):
             if isinstance(logits, tuple):  # scored against its own targets: nothing to sum
                 raise ConfigError(f"{name}: its learner scores queries against its own targets, so it cannot be ensembled")
             out[name] = logits
-        return {**out, self.headline: sum(logits.log_softmax(-1) for logits in out.values())}
+        logp = [logits.log_softmax(-1) for logits in out.values()]
+        summed, rows = logp[0], {}
+        for name, member in zip(self.row_names(len(logp)), logp[1:]):  # after 2, 3, ..., M members
+            summed = summed + member
+            rows[name] = summed
+        return {**out, **rows}
