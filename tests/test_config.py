@@ -102,8 +102,12 @@ def test_changes_from_preset_name_each_setting_that_differs_from_the_shipped_pre
     cfg = load_config("oneshot-omniglot-lake-28", ["task.image_size=32", "task.cache_dir=/tmp/c", "model.widths=[64,64,128,256]",
                                                    "train.iterations=16000"])  # the preset's own length: no change
     assert changes_from_preset(cfg) == ["task.image_size=32", "task.cache_dir=/tmp/c", "model.widths=[64,64,128,256]"]
-    # another model: its name and the keys the preset's model does not have
-    assert changes_from_preset(load_config("oneshot-omniglot-lake-28", ["model.name=resnet12"])) == [
-        "model.name=resnet12", "model.widths=[64,160,320,640]", "model.leak=0.1"]
+    # another model: its own defaults are no change
+    assert changes_from_preset(load_config("oneshot-omniglot-lake-28", ["model.name=resnet12"])) == ["model.name=resnet12"]
+    # a preset that is incomplete by design (the user's folder is a required setting)
+    assert changes_from_preset(load_config("folder-quick", ["task.path=/data/mine"])) == ["task.path=/data/mine"]
+    for name in preset_names():  # every other preset is itself
+        if name != "folder-quick":
+            assert changes_from_preset(load_config(name)) == [], name
     cfg.preset = "no-such-preset"  # nothing to compare with
     assert changes_from_preset(cfg) == []

@@ -354,11 +354,18 @@ def load_config(preset: str, overrides: list[str] = ()) -> Config:
 
 def changes_from_preset(cfg: Config) -> list[str]:
     """``section.key=value`` for every setting of ``cfg`` that differs from its preset as shipped
-    ([] when ``cfg`` names no known preset), e.g. ``["task.image_size=32"]``."""
+    ([] when ``cfg`` names no known preset), e.g. ``["task.image_size=32"]``. A setting the preset
+    leaves out is compared with its default (the preset need not be complete: folder-quick has no
+    task.path)."""
     if cfg.preset not in preset_names():
         return []
-    ours, shipped = cfg.to_dict(), load_config(cfg.preset).to_dict()
-    return [f"{section}.{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
-            for section in ("task", "model", "learner", "train")
-            for key, value in ours[section].items()
-            if key not in shipped[section] or shipped[section][key] != value]
+    shipped, ours, changes = load_preset(cfg.preset), cfg.to_dict(), []
+    for section in ("task", "model", "learner", "train"):
+        hp = cfg.train if section == "train" else getattr(cfg, section).hp
+        defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(hp)}
+        for key, value in ours[section].items():
+            before = shipped.get(section, {}).get(key, defaults.get(key))
+            if json.loads(json.dumps(before)) != json.loads(json.dumps(value)):  # tuples as lists, as the TOML gives them
+                changes.append(f"{section}.{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}")
+    return changes
