@@ -122,6 +122,31 @@ def test_vectorised_equals_loop_and_tasks_do_not_see_each_other(make):
     torch.testing.assert_close(alone[0], preds["vmap"][1])  # BatchNorm statistics are per task
 
 
+@pytest.mark.parametrize("make", [lambda net, ex, t: ProtoNet(net, ex, t),
+                                  lambda net, ex, t: MatchingNet(MatchingConfig(executor=ex, transductive=t), net, 0),
+                                  lambda net, ex, t: KNN(KNNConfig(k=3, embedding="learned", executor=ex, transductive=t), net)])
+def test_non_transductive_classifies_each_query_by_itself_with_the_support_statistics(make):
+    batch = episodes()
+    q = batch.query_x.shape[1]
+
+    def alone(learner, b, i):  # query i of task b as the only query of its task
+        one = TaskBatch(batch.support_x[b : b + 1], batch.support_y[b : b + 1],
+                        batch.query_x[b : b + 1, i : i + 1], batch.query_y[b : b + 1, i : i + 1])
+        return learner.eval_predictions(one)["adapted"][0, 0]
+
+    for ex in ("vmap", "loop"):
+        learner = make(conv_net(), ex, False)
+        pred = learner.eval_predictions(batch)["adapted"]
+        zs, _ = learner.embed(batch.support_x, batch.query_x)
+        for b in range(len(batch)):
+            torch.testing.assert_close(zs[b], learner.net(batch.support_x[b]))  # the support set's own statistics
+            for i in range(q):
+                torch.testing.assert_close(alone(learner, b, i), pred[b, i])
+    transductive = make(conv_net(), "vmap", True)  # the default: the other queries move the statistics
+    pred = transductive.eval_predictions(batch)["adapted"]
+    assert not torch.allclose(alone(transductive, 0, 0), pred[0, 0])
+
+
 def test_pixel_knn_has_no_parameters_and_trains_as_a_no_op(tmp_path, shared_data, omniglot_cache):
     cfg = load_config("knn-pixels-omniglot-5w1s", [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=2",
                                                      "train.eval_tasks=50", "train.test_tasks=50"])

@@ -19,21 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import HParams, choice, positive
+from ..config import choice, positive
 from ..registry import LEARNERS
 from ..tasks.batch import TaskBatch
 from .base import metric_name, task_metric
-from .executors import EXECUTORS
-from .metric import MetricLearner, n_ways, one_hot, require_classification
+from .metric import MetricConfig, MetricLearner, n_ways, one_hot, require_classification
 from .protonet import prototype_logits, squared_distances
 
 
 @dataclass
-class KNNConfig(HParams):
+class KNNConfig(MetricConfig):
     k: int = positive(1)
     embedding: str = choice("pixels", ("pixels", "learned"))
     distance: str = choice("euclidean", ("euclidean", "cosine"))
-    executor: str = choice("vmap", EXECUTORS)
 
 
 def knn_votes(zs: Tensor, support_y: Tensor, zq: Tensor, k: int, distance: str) -> Tensor:
@@ -53,7 +51,7 @@ class KNN(MetricLearner):
     """k-NN over raw pixels or a ProtoNet-trained embedding."""
 
     def __init__(self, hp: KNNConfig, net: nn.Module):
-        super().__init__(net, hp.executor)
+        super().__init__(net, hp.executor, hp.transductive)
         self.hp = hp
 
     def classify(self, zs: Tensor, support_y: Tensor, zq: Tensor) -> Tensor:

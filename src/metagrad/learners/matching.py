@@ -27,18 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import HParams, choice, positive
+from ..config import positive
 from ..registry import LEARNERS
-from .executors import EXECUTORS
-from .metric import MetricLearner, n_ways, one_hot, require_classification
+from .metric import MetricConfig, MetricLearner, n_ways, one_hot, require_classification
 
 
 @dataclass
-class MatchingConfig(HParams):
+class MatchingConfig(MetricConfig):
     temperature: float = positive(1.0)  # tau: cosine similarities are divided by it
     fce: bool = False  # full-context embeddings
     fce_steps: int = positive(5)  # unrolled steps of the attention LSTM (K)
-    executor: str = choice("vmap", EXECUTORS)
 
 
 class FullContext(nn.Module):
@@ -71,7 +69,7 @@ class MatchingNet(MetricLearner):
 
     def __init__(self, hp: MatchingConfig, net: nn.Module, dim: int):
         """dim: the embedding width D (used by FCE only)."""
-        super().__init__(net, hp.executor)
+        super().__init__(net, hp.executor, hp.transductive)
         self.hp = hp
         self.context = FullContext(dim, hp.fce_steps) if hp.fce else None
 

@@ -5,19 +5,36 @@ embedding with the labelled support embeddings. The meta-parameters are the netw
 BatchNorm here always uses the statistics of the batch it is given (models/norm.py), so the
 batch is part of the model: each task's support and query images go through the network
 together as one batch (per-task statistics, as the Prototypical Networks reference code in
-training mode). With the "vmap" executor all tasks still run as one vectorised call; their
-statistics stay separate, so a task's predictions never depend on the other tasks it is
-evaluated with (evaluation batch size, distributed split).
+training mode). With ``transductive = true`` (the default) those statistics are taken over the
+support and the queries, so a query's prediction depends slightly on the task's other queries;
+with ``transductive = false`` they are taken over the support images alone and every image is
+normalised with them, so each query is classified by itself (one trial at a time, as in Lake
+et al.'s one-shot protocol), in training and evaluation alike. With the "vmap" executor all
+tasks still run as one vectorised call; their statistics stay separate, so a task's predictions
+never depend on the other tasks it is evaluated with (evaluation batch size, distributed split).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from ..config import HParams, choice
 from ..errors import ConfigError
+from ..models.norm import statistics_from_first
 from .base import BaseLearner, MetaLearner
-from .executors import map_tasks
+from .executors import EXECUTORS, map_tasks
+
+
+@dataclass
+class MetricConfig(HParams):
+    """What every metric learner's settings share."""
+
+    executor: str = choice("vmap", EXECUTORS)
+    transductive: bool = True  # BatchNorm statistics over support and queries; false: over the support alone
 
 
 @torch.compiler.disable
@@ -46,16 +63,18 @@ class MetricLearner(MetaLearner):
     net: [N, *input_shape] -> [N, D] embeddings (no parameters for raw pixels).
     """
 
-    def __init__(self, net: nn.Module, executor: str):
+    def __init__(self, net: nn.Module, executor: str, transductive: bool = True):
         super().__init__("classification")
-        self.net, self.executor = net, executor
+        self.net, self.executor, self.transductive = net, executor, transductive
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
-        """support_x [B, S, ...], query_x [B, Q, ...] -> (zs [B, S, D], zq [B, Q, D]), one batch per task."""
+        """support_x [B, S, ...], query_x [B, Q, ...] -> (zs [B, S, D], zq [B, Q, D]), one batch per
+        task, normalised with its support's statistics alone unless ``transductive``."""
         s = support_x.shape[1]
 
         def one(sx, qx):
-            z = self.net(torch.cat([sx, qx]))
+            with nullcontext() if self.transductive else statistics_from_first(s):
+                z = self.net(torch.cat([sx, qx]))
             return z[:s], z[s:]
 
         return map_tasks(one, self.executor, support_x, query_x)

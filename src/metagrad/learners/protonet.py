@@ -19,15 +19,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config import HParams, choice
 from ..registry import LEARNERS
-from .executors import EXECUTORS
-from .metric import MetricLearner, n_ways, one_hot, require_classification
+from .metric import MetricConfig, MetricLearner, n_ways, one_hot, require_classification
 
 
 @dataclass
-class ProtoNetConfig(HParams):
-    executor: str = choice("vmap", EXECUTORS)
+class ProtoNetConfig(MetricConfig):
+    """Prototypical Networks have only the settings every metric learner has."""
 
 
 def prototypes(zs: Tensor, support_y: Tensor) -> Tensor:
@@ -57,4 +55,4 @@ class ProtoNet(MetricLearner):
 def make_protonet(hp: ProtoNetConfig, build_model, task) -> ProtoNet:
     """Prototypical Networks: nearest class mean in a learned embedding (squared Euclidean)."""
     require_classification("protonet", task)
-    return ProtoNet(build_model(None), hp.executor)
+    return ProtoNet(build_model(None), hp.executor, hp.transductive)

@@ -3,13 +3,32 @@
 On torch 2.13, torch.func.vmap over the fused F.batch_norm (training mode) yields wrong
 second-order gradients; mean/var/rsqrt compose exactly. Like the MAML paper's models this
 normalises with the current batch's statistics in training and evaluation alike (no
-running averages), so the layer has no buffers and no hidden state.
+running averages), so the layer has no buffers. Within :func:`statistics_from_first` the
+statistics come from the batch's leading rows only (a task's support set), and every row is
+normalised with them, so each remaining row's output depends on nothing else it is batched with.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor, nn
+
+_STATISTICS_ROWS: ContextVar[int | None] = ContextVar("metagrad_norm_statistics_rows", default=None)
+
+
+@contextmanager
+def statistics_from_first(rows: int):
+    """Within this block every BatchNorm takes its mean and variance from the first ``rows`` rows
+    of the batch it is given (dim 0; inside torch.func.vmap, of each task's batch) and normalises
+    all rows with them."""
+    token = _STATISTICS_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _STATISTICS_ROWS.reset(token)
 
 
 class BatchNorm(nn.Module):
@@ -26,6 +45,8 @@ class BatchNorm(nn.Module):
         # full-size ops instead of six, which the second-order backward multiplies (performance.md)
         dims = (0, *range(2, x.dim()))
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        centered = x - x.mean(dim=dims, keepdim=True)
-        scale = torch.rsqrt(centered.square().mean(dim=dims, keepdim=True) + self.eps) * self.weight.view(shape)
+        rows = _STATISTICS_ROWS.get()
+        centered = x - (x if rows is None else x[:rows]).mean(dim=dims, keepdim=True)
+        spread = centered if rows is None else centered[:rows]
+        scale = torch.rsqrt(spread.square().mean(dim=dims, keepdim=True) + self.eps) * self.weight.view(shape)
         return torch.addcmul(self.bias.view(shape), centered, scale)
