@@ -11,6 +11,7 @@ from ..config import HParams, choice, positive
 from ..errors import ConfigError
 from ..registry import MODELS
 from .norm import BatchNorm
+from .pool import MaxPool2
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Conv4(nn.Module):
         for width in cfg.block_widths():
             layers += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1), BatchNorm(width), nn.ReLU()]
             if cfg.downsample == "max":
-                layers.append(nn.MaxPool2d(2, ceil_mode=False))
+                layers.append(MaxPool2())
             c_in = width
         self.features = nn.Sequential(*layers)
         self.out_features = c_in * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)

@@ -17,6 +17,7 @@ from ..config import HParams, positive
 from ..errors import ConfigError
 from ..registry import MODELS
 from .norm import BatchNorm
+from .pool import max_pool2
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ResidualBlock(nn.Module):
             if i < 2:
                 h = F.leaky_relu(h, self.leak)
         h = F.leaky_relu(h + self.shortcut_norm(self.shortcut(x)), self.leak)
-        return F.max_pool2d(h, 2)
+        return max_pool2(h)
 
 
 class ResNet12(nn.Module):

@@ -31,6 +31,7 @@ from ..config import HParams, positive
 from ..errors import ConfigError
 from ..registry import MODELS
 from .norm import BatchNorm
+from .pool import max_pool2
 
 
 def _separable(c: int, k: int) -> nn.Module:
@@ -90,7 +91,7 @@ class Cell(nn.Module):
 
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         mixed = self.ops[0](x) if weights is None else sum(w * op(x) for w, op in zip(weights, self.ops))
-        return F.max_pool2d(F.relu(self.norm(mixed)), 2)
+        return max_pool2(F.relu(self.norm(mixed)))
 
 
 class CellNet(nn.Module):
