@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..config import HParams, choice, positive
+from ..config import HParams, choice, nonnegative, positive
 from ..errors import ConfigError
 from ..registry import MODELS
 from .norm import BatchNorm
@@ -26,6 +26,8 @@ class Conv4Config(HParams):
     # one width per block (e.g. [64, 64, 128, 256]: wider where the map is small and a filter cheap);
     # empty: ``channels`` in every block
     widths: list[int] = positive([])
+    leak: float = nonnegative(0.0)  # negative slope of the activation: 0 is ReLU; SNAIL's embedding uses a leaky ReLU
+    project: int = nonnegative(0)  # a linear layer from the pooled features to this many (SNAIL's 64-d); 0: none
 
     def validate(self) -> None:
         if self.widths and len(self.widths) != self.blocks:
@@ -38,13 +40,14 @@ class Conv4Config(HParams):
 
 
 class Conv4(nn.Module):
-    """blocks x [3x3 conv, BatchNorm (batch statistics), ReLU, 2x2 down-sampling] (``channels``
-    filters each, or ``widths[i]`` in block i),
+    """blocks x [3x3 conv, BatchNorm (batch statistics), ReLU (leaky when ``leak`` > 0), 2x2
+    down-sampling] (``channels`` filters each, or ``widths[i]`` in block i),
     then the mean over the remaining spatial positions (``pool="mean"``) or all of them in a row
-    (``pool="flatten"``, which needs the input's ``size`` (H, W)), and an optional linear head.
+    (``pool="flatten"``, which needs the input's ``size`` (H, W)), an optional linear layer to
+    ``project`` features, and an optional linear head.
 
     x: [N, C, H, W] -> [N, n_outputs], or [N, features] embeddings when n_outputs is None
-    (features = the last block's width, or that x H' x W' flattened).
+    (features = ``project``, else the last block's width, or that x H' x W' flattened).
     """
 
     def __init__(self, cfg: Conv4Config, in_channels: int, n_outputs: int | None, size: tuple[int, int] | None = None):
@@ -56,17 +59,22 @@ class Conv4(nn.Module):
         c_in = in_channels
         stride = 2 if cfg.downsample == "stride" else 1
         for width in cfg.block_widths():
-            layers += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1), BatchNorm(width), nn.ReLU()]
+            activation = nn.LeakyReLU(cfg.leak) if cfg.leak else nn.ReLU()
+            layers += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1), BatchNorm(width), activation]
             if cfg.downsample == "max":
                 layers.append(MaxPool2())
             c_in = width
         self.features = nn.Sequential(*layers)
-        self.out_features = c_in * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)
+        pooled = c_in * (math.prod(feature_map_size(cfg, size)) if self.flatten else 1)
+        self.project = nn.Linear(pooled, cfg.project) if cfg.project else None
+        self.out_features = cfg.project or pooled
         self.head = nn.Linear(self.out_features, n_outputs) if n_outputs is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)
         h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
+        if self.project is not None:
+            h = self.project(h)
         return self.head(h) if self.head is not None else h
 
 
