@@ -198,6 +198,15 @@ def test_snail_loss_reads_only_the_query_positions():
     assert not torch.allclose(loss, with_support)
 
 
+@pytest.mark.parametrize("preset", ["snail-omniglot-5w1s", "snail-omniglot-20w1s", "snail-omniglot-5w5s", "snail-omniglot-20w5s"])
+def test_snail_paper_presets_embed_as_the_paper(preset):
+    """App. B: Conv-4 with leaky ReLUs, then a linear layer to 64-d; the SNAIL sees 64 + N inputs."""
+    cfg = load_config(preset, [])
+    assert (cfg.model.hp.leak, cfg.model.hp.project, cfg.model.hp.channels) == (0.1, 64, 64)
+    quick = load_config("snail-quick", []).model.hp  # the recipe every measured snail-quick row used
+    assert (quick.leak, quick.project) == (0.0, 0)
+
+
 # --------------------------------------------------------------------------- Meta Networks
 
 

@@ -12,8 +12,8 @@ the loss is the queries' cross-entropy, as in the paper.
 
 With a batch-statistics BatchNorm backbone (Conv-4 here), the support images are normalised with
 their own statistics and the queries with theirs (per task); the paper's embedding used running
-averages at test time. Its embedding ended with a linear layer to 64-d; Conv-4 here ends with a
-spatial mean of 64 channels.
+averages at test time. Its embedding had leaky ReLUs and ended with a linear layer to 64-d, which
+the paper presets give Conv-4 through ``model.leak`` and ``model.project``.
 """
 
 from __future__ import annotations
