@@ -10,7 +10,7 @@
 # DATA_DIR holds omniglot/images_background.zip and images_evaluation.zip (and, to save the
 # decoding, their preprocessed *.cache files). Every preset's images of all three splits are
 # decoded into the cache first, within the budget, so no evaluation spends its EVAL_S on that
-# (a rehearsal of oneshot-omniglot-lake-56 did). Each preset gets an equal share of what is left of
+# (a rehearsal of the 56 px one-shot preset did). Each preset gets an equal share of what is left of
 # BUDGET_S when it starts (start-up, compilation and evaluation included): training stops
 # by SIGTERM EVAL_S seconds before the share ends and saves a checkpoint at an iteration
 # boundary, which is then evaluated under a timeout of EVAL_S, so a run cut short is reported
@@ -22,8 +22,8 @@
 # Settings (environment): DEVICE=cuda, COMPILE=off (a compiled run's first minutes are
 # compilation: measured on an H200, compilation alone outlasted a 95-s share), EPISODES=600,
 # EVAL_S=60, PRESETS="..." to run other presets, EXTRA="" to skip MAML 20w1s.
-# Omniglot's original one-shot challenge at its GPU size (56 px, 20,000 episodes), alone:
-#   PRESETS=oneshot-omniglot-lake-56 EXTRA= bash benchmarks/gpu_fidelity.sh DATA 600 RESULTS
+# Omniglot's original one-shot challenge at its GPU size (64 px, 20,000 episodes), alone:
+#   PRESETS=oneshot-omniglot-lake-64 EXTRA= bash benchmarks/gpu_fidelity.sh DATA 600 RESULTS
 # Rehearse on CPU with a tiny budget before spending GPU time:
 #   DEVICE=cpu EPISODES=20 EVAL_S=20 bash benchmarks/gpu_fidelity.sh DATA 200 /tmp/fidelity
 # Uses the checkout's src/ through PYTHONPATH (like gpu_check.sh).

@@ -464,7 +464,7 @@ def numpy_of(image):
     return np.asarray(image).copy()
 
 
-@pytest.mark.parametrize("preset", ["oneshot-omniglot-lake-28", "oneshot-omniglot-lake-32", "oneshot-omniglot-lake-56"])
+@pytest.mark.parametrize("preset", ["oneshot-omniglot-lake-28", "oneshot-omniglot-lake-32", "oneshot-omniglot-lake-64"])
 def test_challenge_recipes_keep_what_was_measured_to_help(preset):
     """The one-shot recipes (docs/results.md): drawings cut around their strokes, training episodes
     within one alphabet with affine distortions, test episodes in 9 shifts, the measured training
@@ -478,10 +478,10 @@ def test_challenge_recipes_keep_what_was_measured_to_help(preset):
     assert (task.split_scheme, task.train_on, task.eval_ways, task.eval_shots, task.same_drawers, task.eval_rotate) == (
         "lake", "trainval", 20, 1, "eval", False)
     lengths = {"oneshot-omniglot-lake-28": (16000, 4000), "oneshot-omniglot-lake-32": (16000, 4000),
-               "oneshot-omniglot-lake-56": (20000, 5000)}
+               "oneshot-omniglot-lake-64": (20000, 5000)}
     assert (cfg.train.iterations, cfg.train.lr_step) == lengths[preset]
     inputs = {"oneshot-omniglot-lake-28": (28, 4, []), "oneshot-omniglot-lake-32": (32, 4, [64, 64, 128, 256]),
-              "oneshot-omniglot-lake-56": (56, 5, [])}  # image size, Conv blocks, their widths ([]: 64 in each)
+              "oneshot-omniglot-lake-64": (64, 5, [64, 64, 64, 128, 256])}  # image size, Conv blocks, their widths ([]: 64 in each)
     assert (task.image_size, cfg.model.hp.blocks, list(cfg.model.hp.widths)) == inputs[preset]
 
 
