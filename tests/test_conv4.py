@@ -10,13 +10,14 @@ from metagrad.config import load_config
 from metagrad.errors import ConfigError
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.models.embed import feature_dim
+from metagrad.models.norm import BatchNorm
 
 
 def by_hand(net: Conv4, x: torch.Tensor, leak: float) -> torch.Tensor:
     """conv -> batch-statistics BatchNorm -> (leaky) ReLU -> 2x2 max-pool per block, the spatial
     mean, then the projection if there is one."""
     convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
-    norms = [m for m in net.features if m.__class__.__name__ == "BatchNorm"]
+    norms = [m for m in net.features if isinstance(m, BatchNorm)]
     h = x
     for conv, norm in zip(convs, norms):
         h = conv(h)
@@ -39,9 +40,10 @@ def test_conv4_activation_and_projection_match_the_network_written_out(leak, pro
 
 
 def test_learners_see_the_projected_width():
-    net = Conv4(Conv4Config(channels=8, blocks=2, project=64), in_channels=1, n_outputs=5)
-    assert feature_dim(Conv4(Conv4Config(channels=8, blocks=2, project=64), 1, None), (1, 12, 12)) == 64
-    assert net(torch.randn(3, 1, 12, 12)).shape == (3, 5) and net.head.in_features == 64
+    cfg = Conv4Config(channels=8, blocks=2, project=64)
+    assert feature_dim(Conv4(cfg, 1, None), (1, 12, 12)) == 64  # what a metric or model-based learner sizes itself by
+    classifier = Conv4(cfg, 1, n_outputs=5)
+    assert classifier(torch.randn(3, 1, 12, 12)).shape == (3, 5) and classifier.head.in_features == 64
 
 
 def test_a_negative_leak_or_projection_is_a_one_line_error():

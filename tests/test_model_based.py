@@ -12,6 +12,8 @@ from small_omniglot import SMALL_SETS, last_val
 from metagrad.cli import main
 from metagrad.config import load_config
 from metagrad.learners import MANN, SNAIL, MANNConfig, MetaNet, MetaNetConfig, SNAILConfig
+from metagrad.models.conv4 import Conv4
+from metagrad.models.embed import feature_dim
 from metagrad.models.memory import MemoryState, least_used, lrua_step
 from metagrad.models.mlp import MLPConfig, make_mlp
 from metagrad.models.snail import SNAILNet
@@ -200,10 +202,14 @@ def test_snail_loss_reads_only_the_query_positions():
 
 @pytest.mark.parametrize("preset", ["snail-omniglot-5w1s", "snail-omniglot-20w1s", "snail-omniglot-5w5s", "snail-omniglot-20w5s"])
 def test_snail_paper_presets_embed_as_the_paper(preset):
-    """App. B: Conv-4 with leaky ReLUs, then a linear layer to 64-d; the SNAIL sees 64 + N inputs."""
+    """App. B: Conv-4 with leaky ReLUs, then a linear layer to a 64-d embedding."""
     cfg = load_config(preset, [])
     assert (cfg.model.hp.leak, cfg.model.hp.project, cfg.model.hp.channels) == (0.1, 64, 64)
-    quick = load_config("snail-quick", []).model.hp  # the recipe every measured snail-quick row used
+    assert feature_dim(Conv4(cfg.model.hp, 1, None), (1, 28, 28)) == 64
+
+
+def test_snail_quick_keeps_the_recipe_its_rows_were_measured_with():
+    quick = load_config("snail-quick", []).model.hp  # ReLU and the mean of the last map (docs/results.md)
     assert (quick.leak, quick.project) == (0.0, 0)
 
 
