@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import io
+import random
 import re
 import shutil
 import threading
@@ -21,7 +22,7 @@ from metagrad.errors import ConfigError, DataError
 from metagrad.registry import TASKS
 from metagrad.tasks import omniglot, store
 from metagrad.tasks.images import EpisodeSampler, ImageClassDataset
-from metagrad.tasks.omniglot import OmniglotConfig, make_omniglot, omniglot_dataset, vinyals_characters
+from metagrad.tasks.omniglot import OmniglotConfig, make_omniglot, listed_characters, omniglot_dataset
 
 SMALL1 = "original/images_background_small1.zip"  # Balinese, Early_Aramaic, Greek, Korean, Latin: 136 characters
 
@@ -81,16 +82,42 @@ VINYALS_REFERENCE_SHA256 = {
 
 
 def test_shipped_vinyals_split_matches_the_reference_files(shared_data):
-    counts = {s: len(vinyals_characters(s)) for s in ("train", "val", "test", "trainval")}
+    counts = {s: len(listed_characters(s)) for s in ("train", "val", "test", "trainval")}
     assert counts == {"train": 1028, "val": 172, "test": 423, "trainval": 1200}
-    sets = {s: set(vinyals_characters(s)) for s in ("train", "val", "test")}
+    sets = {s: set(listed_characters(s)) for s in ("train", "val", "test")}
     assert not (sets["train"] & sets["val"]) and not (sets["train"] | sets["val"]) & sets["test"]
     reference = shared_data / "omniglot" / "splits" / "vinyals"
     for s in ("train", "val", "test", "trainval"):
-        ours = sorted(f"{c}/{r}" for c in vinyals_characters(s) for r in ("rot000", "rot090", "rot180", "rot270"))
+        ours = sorted(f"{c}/{r}" for c in listed_characters(s) for r in ("rot000", "rot090", "rot180", "rot270"))
         assert hashlib.sha256("\n".join(ours).encode()).hexdigest() == VINYALS_REFERENCE_SHA256[s]
         if reference.is_dir():  # ../shared/data has the files themselves
             assert ours == sorted((reference / f"{s}.txt").read_text().split())
+
+
+def test_random_split_is_the_documented_shuffle_with_alphabets_on_both_sides():
+    """The shipped random split is the 1623 characters, sorted, shuffled by random.Random(1623)
+    and cut 1028 / 172 / 423, and (unlike the Vinyals split) its test alphabets are trained on."""
+    every = sorted(c for s in ("train", "val", "test") for c in listed_characters(s))
+    assert len(every) == len(set(every)) == 1623
+    random.Random(1623).shuffle(every)
+    expected = {"train": every[:1028], "val": every[1028:1200], "test": every[1200:]}
+    for part, names in expected.items():
+        assert listed_characters(part, "random") == sorted(names)
+    random_test = {c.split("/")[0] for c in listed_characters("test", "random")}
+    random_trained = {c.split("/")[0] for c in listed_characters("trainval", "random")}
+    vinyals_test = {c.split("/")[0] for c in listed_characters("test")}
+    vinyals_trained = {c.split("/")[0] for c in listed_characters("trainval")}
+    assert len(random_test) == 50 and random_test <= random_trained
+    assert vinyals_test & vinyals_trained == {"Gurmukhi"}  # the one alphabet the Vinyals cut splits
+
+
+def test_random_split_on_the_full_archives(shared_data, full_cache):
+    cfg = OmniglotConfig(split_scheme="random", train_on="trainval", data_dir=str(shared_data),
+                         cache_dir=str(full_cache), download=False)
+    train, test = (make_omniglot(cfg, s).dataset for s in ("train", "test"))
+    assert (train.n_classes, test.n_classes) == (4800, 1692)
+    chars = lambda d: {n.rsplit("/", 1)[0] for n in d.class_names}  # noqa: E731
+    assert not chars(train) & chars(test) and len(chars(train) | chars(test)) == 1623
 
 
 def test_vinyals_counts_on_the_full_archives(shared_data, full_cache):
@@ -266,7 +293,7 @@ def test_bad_ways_shots_and_splits(shared_data, small_cache, full_cache):
         make_omniglot(small_cfg(shared_data, small_cache, ways=500), "train")
     with pytest.raises(ConfigError, match="exceeds the 20 drawings"):
         build_dataclass(OmniglotConfig, {"shots": 15, "queries": 10}, "task")
-    with pytest.raises(ConfigError, match="split_scheme: 'foo' is not allowed; allowed: vinyals, lake"):
+    with pytest.raises(ConfigError, match="split_scheme: 'foo' is not allowed; allowed: vinyals, random, lake"):
         build_dataclass(OmniglotConfig, {"split_scheme": "foo"}, "task")
     with pytest.raises(ConfigError, match="unknown split 'dev'"):
         make_omniglot(small_cfg(shared_data, small_cache), "dev")

@@ -28,6 +28,11 @@ Splits (every split's classes are characters, times four rotations when ``rotate
   train+val = 1200 characters, 4800 classes). The character lists ship with metagrad
   (``metagrad/data/vinyals_*.txt``, from jakesnell/prototypical-networks, MIT licence in
   ``vinyals_LICENSE.txt``; one line per character, every character takes all four rotations).
+* ``random`` — the same counts (train 1028 / val 172 / test 423 characters) drawn at random
+  from all 50 alphabets (``metagrad/data/omniglot_random_*.txt``: the 1623 characters sorted,
+  shuffled by ``random.Random(1623)``, cut in that order), so the test characters are new but
+  their alphabets are trained on. The MANN paper trains on "1200 original classes" and tests
+  on "the rest of the 423" without naming them; this is that count without alphabet borders.
 * ``lake`` — the original background/evaluation split: test = the evaluation archives; the
   background archives give val = the five alphabets the Vinyals split validates on
   (Armenian, Bengali, Early_Aramaic, Hebrew, Mkhedruli_(Georgian): 172 characters) and
@@ -83,7 +88,7 @@ WHEN = ("never", "eval", "always")  # which splits an episode option applies to
 
 @dataclass
 class OmniglotConfig(EpisodeConfig):
-    split_scheme: str = choice("vinyals", ("vinyals", "lake"))
+    split_scheme: str = choice("vinyals", ("vinyals", "random", "lake"))
     train_on: str = choice("train", ("train", "trainval"))  # "trainval": the MAML paper's 1200 characters
     rotate: bool = True  # each character x {0, 90, 180, 270} degrees is its own class
     eval_rotate: bool | None = None  # rotations in val/test; None: as rotate
@@ -229,11 +234,16 @@ def load_archive(path: Path, image_size: int, cache_dir: Path | None = None,
 # --------------------------------------------------------------------------- splits
 
 
-def vinyals_characters(split: str) -> list[str]:
-    """Characters ("Alphabet/characterNN") of the Vinyals split "train", "val", "test" or "trainval"."""
+SPLIT_FILES = {"vinyals": "vinyals", "random": "omniglot_random"}  # scheme -> metagrad/data/<stem>_<split>.txt
+SPLIT_TITLES = {"vinyals": "Vinyals", "random": "random"}
+
+
+def listed_characters(split: str, scheme: str = "vinyals") -> list[str]:
+    """Characters ("Alphabet/characterNN") of the shipped split ``scheme`` ("vinyals" or
+    "random"), part "train", "val", "test" or "trainval"."""
     if split == "trainval":
-        return vinyals_characters("train") + vinyals_characters("val")
-    text = (resources.files("metagrad") / "data" / f"vinyals_{split}.txt").read_text()
+        return listed_characters("train", scheme) + listed_characters("val", scheme)
+    text = (resources.files("metagrad") / "data" / f"{SPLIT_FILES[scheme]}_{split}.txt").read_text()
     return text.split()
 
 
@@ -258,13 +268,13 @@ def split_characters(cfg: OmniglotConfig, split: str) -> dict[str, torch.Tensor]
         raise ConfigError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     parts = ["train", "val"] if split == "train" and cfg.train_on == "trainval" else [split]
     root = omniglot_dir(cfg.data_dir)
-    if cfg.split_scheme == "vinyals":
+    if cfg.split_scheme in SPLIT_FILES:
         pool = _pool(cfg, cfg.background_archives + cfg.evaluation_archives, root)
-        wanted = [c for p in parts for c in vinyals_characters(p)]
+        wanted = [c for p in parts for c in listed_characters(p, cfg.split_scheme)]
         missing = [c for c in wanted if c not in pool]
         if missing:
             raise DataError(
-                f"the Vinyals {split} split needs {len(missing)} characters missing from the archives "
+                f"the {SPLIT_TITLES[cfg.split_scheme]} {split} split needs {len(missing)} characters missing from the archives "
                 f"(e.g. {missing[0]}); it needs the full images_background.zip and images_evaluation.zip"
             )
         return {c: pool[c] for c in wanted}
