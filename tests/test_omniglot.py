@@ -544,6 +544,9 @@ def test_group_and_source_options_need_the_data_for_them():
     src = EpisodeSampler(grouped, 5, 2, 1, within_group=True, shared_sources=True)
     s_ids, _, q_ids, _ = src.sample_indices(300, torch.Generator().manual_seed(0))
     assert set(grouped.labels[s_ids].flatten().tolist()) == set(range(4, 10))  # only group b has 5 classes
+    assert src.notes == ["dataset: 1 of 2 class groups have fewer than 5 classes (a), so their 4 of 10 classes "
+                         "are never in a 5-way task"]
+    assert EpisodeSampler(grouped, 4, 1, 1, within_group=True).notes == []  # every group is drawn
     for s, q in zip(grouped.sources[s_ids], grouped.sources[q_ids]):
         assert len(set(s.tolist())) == 2 and len(set(q.tolist())) == 1 and not set(s.tolist()) & set(q.tolist())
     again = EpisodeSampler(grouped, 5, 2, 1, within_group=True, shared_sources=True)

@@ -225,6 +225,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         raise ConfigError(f"train.meta_batch={tc.meta_batch} is less than the {ctx.world} processes; use at least one task per process")
 
     train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
+    for note in getattr(train_tasks, "notes", []) if ctx.is_main else []:
+        log(f"  note: {note}")
     if device.type == "cpu":
         probe = train_tasks.sample(1, torch.Generator().manual_seed(0))  # one task: the work's size
         work = (probe.support_x.numel() + probe.query_x.numel()) * ctx.local_tasks(tc.meta_batch)

@@ -249,8 +249,10 @@ class EpisodeSampler:
             "order": torch.argsort(dataset.labels, stable=True),  # image ids grouped by class
             "starts": torch.cumsum(counts, 0) - counts,  # first position of each class in "order"
         }
+        self.notes: list[str] = []  # facts about what this source draws that a user might not expect
         if within_group:
             tables["group_of"], tables["groups"] = self._group_ids(dataset, ways, name)
+            self.notes += self._small_groups(dataset, tables["group_of"], tables["groups"], ways, name)
         if shared_sources:
             tables["by_source"] = self._source_table(dataset, name)  # K+Q <= images per class = sources
         self._tables = {torch.device("cpu"): tables}  # device -> the lookup tables on it
@@ -276,6 +278,18 @@ class EpisodeSampler:
             raise ConfigError(f"{ways}-way tasks within one group need a group of {ways} classes, but the largest "
                               f"group of {name} ({names[big]}) has {int(sizes[big])}")
         return group_of, eligible
+
+    @staticmethod
+    def _small_groups(dataset: ImageClassDataset, group_of: Tensor, eligible: Tensor, ways: int, name: str) -> list[str]:
+        """A note naming the groups too small for ``ways``-way tasks, whose classes are never drawn."""
+        names = sorted(set(dataset.class_groups))
+        small = sorted(set(range(len(names))) - set(eligible.tolist()))
+        if not small:
+            return []
+        unused = int(torch.isin(group_of, torch.tensor(small)).sum())
+        shown = ", ".join(names[g] for g in small[:2]) + (", ..." if len(small) > 2 else "")
+        return [f"{name}: {len(small)} of {len(names)} class groups have fewer than {ways} classes ({shown}), "
+                f"so their {unused} of {dataset.n_classes} classes are never in a {ways}-way task"]
 
     @staticmethod
     def _source_table(dataset: ImageClassDataset, name: str) -> Tensor:
