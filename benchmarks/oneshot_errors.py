@@ -1,0 +1,70 @@
+"""Where a one-shot network errs on Lake's challenge: error rate by how much a trial's support and
+query drawings differ in size on the 105-px canvas (the longer side of their strokes' bounding box).
+
+With ``task.crop=ink`` every drawing is scaled to fill the image, so a size difference becomes a
+stroke-width difference; this measures whether that costs errors. Scores each trial by itself
+(``learner.transductive=false``, no test-time views), 10 episodes per draw, seed 12345:
+
+    OMP_NUM_THREADS=1 python benchmarks/oneshot_errors.py RUN --data-dir DATA [--episodes 300]
+"""
+
+import argparse
+import io
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metagrad.build import build_task
+from metagrad.config import with_data_dir
+from metagrad.tasks.omniglot import index_archive, omniglot_dir
+from metagrad.train import load_run
+
+
+def ink_sides(archive, names: list[str]) -> np.ndarray:
+    """float [characters, 20]: the longer side in px of each drawing's ink bounding box."""
+    with zipfile.ZipFile(archive) as zf:
+        chars = index_archive(zf, archive)
+        out = np.zeros((len(names), 20))
+        for c, name in enumerate(names):
+            for d, info in enumerate(chars[name]):
+                ink = np.asarray(Image.open(io.BytesIO(zf.read(info))).convert("L")) < 128
+                rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
+                out[c, d] = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--episodes", type=int, default=300)
+    args = p.parse_args()
+    cfg, learner, _ = load_run(args.run, ["task.eval_augment=none", "learner.transductive=false"])
+    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
+    data = tasks.dataset  # eval_rotate=false: class c is character c, image c * 20 + d its drawing d
+    side = ink_sides(omniglot_dir(args.data_dir) / "images_evaluation.zip", data.class_names).flatten()
+    learner.eval()
+    gen = torch.Generator().manual_seed(12345)
+    wrong, ratio = [], []
+    with torch.no_grad():
+        for _ in range(args.episodes // 10):
+            s_ids, s_y, q_ids, q_y = tasks.sample_indices(10, gen)
+            pred = learner.adapt(data.images[s_ids].float() / 255, s_y)(data.images[q_ids].float() / 255).argmax(-1)
+            for t in range(len(s_ids)):
+                support_of = dict(zip(s_y[t].tolist(), s_ids[t].tolist()))
+                for i, y, guess in zip(q_ids[t].tolist(), q_y[t].tolist(), pred[t].tolist()):
+                    wrong.append(guess != y)
+                    ratio.append(abs(np.log(side[i] / side[support_of[y]])))
+    wrong, ratio = np.array(wrong), np.array(ratio)
+    print(f"{len(wrong)} trials, {100 * wrong.mean():.2f}% error")
+    edges = np.quantile(ratio, [0, 0.25, 0.5, 0.75, 1])
+    for q, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        m = (ratio >= lo) & (ratio <= hi)
+        print(f"quartile {q + 1} of the size ratio (x{np.exp(lo):.2f}-x{np.exp(hi):.2f}): "
+              f"{100 * wrong[m].mean():.2f}% error over {m.sum()} trials")
+
+
+if __name__ == "__main__":
+    main()
