@@ -8,7 +8,6 @@ stroke-width difference; this measures whether that costs errors. Scores each tr
     OMP_NUM_THREADS=1 python benchmarks/oneshot_errors.py RUN --data-dir DATA [--episodes 300]
 """
 
-import argparse
 import io
 import zipfile
 
@@ -16,10 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metagrad.build import build_task
-from metagrad.config import with_data_dir
 from metagrad.tasks.omniglot import index_archive, omniglot_dir
-from metagrad.train import load_run
+from oneshot_run import draws, run_and_test_tasks
 
 
 def ink_sides(archive, names: list[str]) -> np.ndarray:
@@ -36,21 +33,14 @@ def ink_sides(archive, names: list[str]) -> np.ndarray:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--episodes", type=int, default=300)
-    args = p.parse_args()
-    cfg, learner, _ = load_run(args.run, ["task.eval_augment=none", "learner.transductive=false"])
-    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
+    args, learner, tasks = run_and_test_tasks(__doc__, 300, ["task.eval_augment=none", "learner.transductive=false"])
     data = tasks.dataset  # eval_rotate=false: class c is character c, image c * 20 + d its drawing d
     side = ink_sides(omniglot_dir(args.data_dir) / "images_evaluation.zip", data.class_names).flatten()
-    learner.eval()
     gen = torch.Generator().manual_seed(12345)
     wrong, ratio = [], []
     with torch.no_grad():
-        for _ in range(args.episodes // 10):
-            s_ids, s_y, q_ids, q_y = tasks.sample_indices(10, gen)
+        for n in draws(args.episodes, 10):
+            s_ids, s_y, q_ids, q_y = tasks.sample_indices(n, gen)
             pred = learner.adapt(data.images[s_ids].float() / 255, s_y)(data.images[q_ids].float() / 255).argmax(-1)
             for t in range(len(s_ids)):
                 support_of = dict(zip(s_y[t].tolist(), s_ids[t].tolist()))

@@ -16,11 +16,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from metagrad.build import build_task
-from metagrad.config import with_data_dir
 from metagrad.learners.protonet import prototype_logits
 from metagrad.tasks.images import random_affine_maps, shifted_copies, warp
-from metagrad.train import load_run
+from oneshot_run import run_and_test_tasks
 
 
 def query_errors(net, sx, sy, qx, qy) -> int:
@@ -32,16 +30,12 @@ def query_errors(net, sx, sy, qx, qy) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--steps", type=int, nargs="+", default=[0, 5, 20])
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--views", type=int, default=4)
-    args = p.parse_args()
-    cfg, learner, _ = load_run(args.run, [])
-    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--steps", type=int, nargs="+", default=[0, 5, 20])
+        p.add_argument("--lr", type=float, default=1e-4)
+        p.add_argument("--views", type=int, default=4)
+
+    args, learner, tasks = run_and_test_tasks(__doc__, 50, options=options)
     gen, distortions = torch.Generator().manual_seed(123), torch.Generator().manual_seed(7)
     wrong = {(t, s): 0 for t in args.steps for s in ("as is", "shifted")}
     trials = 0

@@ -19,18 +19,15 @@ Network's embeddings against the squared Euclidean distance it was trained with,
     OMP_NUM_THREADS=1 python benchmarks/oneshot_testtime.py RUN --data-dir DATA --compare views [--episodes 200]
 """
 
-import argparse
 import math
 
 import torch
 import torch.nn.functional as F
 
-from metagrad.build import build_task
-from metagrad.config import with_data_dir
 from metagrad.evaluation import vote
 from metagrad.learners.protonet import prototype_logits
 from metagrad.tasks.images import warp
-from metagrad.train import load_run
+from oneshot_run import draws, run_and_test_tasks
 
 
 def theta(size: int, dy: float = 0.0, dx: float = 0.0, scale: float = 1.0, rot_deg: float = 0.0) -> torch.Tensor:
@@ -84,21 +81,15 @@ COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20)}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--compare", choices=sorted(COMPARISONS), required=True)
-    p.add_argument("--episodes", type=int, default=200)
-    args = p.parse_args()
-    cfg, learner, _ = load_run(args.run, ["task.eval_augment=none"])
-    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
-    learner.eval()
+    args, learner, tasks = run_and_test_tasks(
+        __doc__, 200, ["task.eval_augment=none"],
+        lambda p: p.add_argument("--compare", choices=sorted(COMPARISONS), required=True))
     score, per_draw = COMPARISONS[args.compare]
     gen = torch.Generator().manual_seed(12345)
     wrong, trials = {}, 0
     with torch.no_grad():
-        for _ in range(args.episodes // per_draw):
-            b = tasks.sample(per_draw, gen)
+        for n in draws(args.episodes, per_draw):
+            b = tasks.sample(n, gen)
             for name, logits in score(learner, b, tasks.input_shape[-1]).items():
                 wrong[name] = wrong.get(name, 0) + int((logits.argmax(-1) != b.query_y).sum())
             trials += b.query_y.numel()

@@ -9,32 +9,21 @@ log-probabilities summed over the same 9 shifts (`--set task.eval_augment=shifts
     OMP_NUM_THREADS=1 python benchmarks/oneshot_tta.py RUN --data-dir DATA [--episodes 300]
 """
 
-import argparse
-
 import torch
 
-from metagrad.build import build_task
-from metagrad.config import with_data_dir
 from metagrad.evaluation import vote
 from metagrad.tasks.images import SHIFTS, shifted_copies
-from metagrad.train import load_run
+from oneshot_run import draws, run_and_test_tasks
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--episodes", type=int, default=300)
-    args = p.parse_args()
-    cfg, learner, _ = load_run(args.run, [])
-    tasks = build_task(with_data_dir(cfg, args.data_dir), "test")
-    learner.eval()
+    args, learner, tasks = run_and_test_tasks(__doc__, 300)
     gen = torch.Generator().manual_seed(123)
     wrong = {"as is": 0, "support shifted": 0, "support and query shifted": 0}
     trials = 0
     with torch.no_grad():
-        for _ in range(args.episodes // 20):
-            b = tasks.sample(20, gen)
+        for n in draws(args.episodes, 20):
+            b = tasks.sample(n, gen)
             plain = learner.adapt(b.support_x, b.support_y)(b.query_x)
             model = learner.adapt(*shifted_copies(b.support_x, b.support_y))
             views = shifted_copies(b.query_x, b.query_y)[0]  # [B, 9Q, ...], shift by shift
