@@ -16,6 +16,12 @@ Network's embeddings against the squared Euclidean distance it was trained with,
   euclid  -||z_q - c_k||^2 (as trained);  cosine  embeddings L2-normalised first;
   center  the task's mean support embedding subtracted first;  cl2n  centred, then L2-normalised
 
+``--compare drawer-covariance``: the Mahalanobis distance (q - c)^T S^-1 (q - c) with S the
+covariance of the embeddings of one character's 20 drawings (drawers) over the unrotated training
+characters, each embedded by itself in a batch of up to 20 characters of its alphabet by one
+drawer, shrunk towards its mean variance (S = (1 - lam) W + lam tr(W)/D I) and compared
+with the Euclidean distance (lam = 1). Every image scored by itself (``learner.transductive=false``).
+
     OMP_NUM_THREADS=1 python benchmarks/oneshot_testtime.py RUN --data-dir DATA --compare views [--episodes 200]
 """
 
@@ -24,9 +30,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from metagrad.build import build_task
+from metagrad.config import with_data_dir
 from metagrad.evaluation import vote
 from metagrad.learners.protonet import prototype_logits
 from metagrad.tasks.images import warp
+from metagrad.train import load_run
 from oneshot_run import draws, run_and_test_tasks
 
 
@@ -76,15 +85,56 @@ def score_metrics(learner, b, size: int) -> dict[str, torch.Tensor]:
     return {rule: metric_logits(rule, zs, b.support_y, zq) for rule in ("euclid", "cosine", "center", "cl2n")}
 
 
+def drawer_covariance(learner, train) -> torch.Tensor:
+    """float64 [D, D]: the mean within-character covariance of the embeddings of ``train``'s
+    unrotated characters (ImageClassDataset, 20 drawings each), as described above."""
+    images = train.images.view(train.n_classes, 20, *train.images.shape[1:])
+    alphabets: dict[str, list[int]] = {}
+    for c, (name, group) in enumerate(zip(train.class_names, train.class_groups)):
+        if name.endswith("rot000"):
+            alphabets.setdefault(group, []).append(c)
+    per_char = []  # [20, D] per character
+    for chars in alphabets.values():
+        for i in range(0, len(chars), 20):
+            chunk = chars[i : i + 20]
+            x = images[chunk].float().div(255).transpose(0, 1)  # [20 drawers, chunk, C, H, W]
+            z = torch.stack([learner.embed(x[d][None], x[d][None, :1])[0][0] for d in range(20)], 1)
+            per_char += list(z.double())
+    centred = torch.stack(per_char) - torch.stack(per_char).mean(1, keepdim=True)  # [chars, 20, D]
+    return torch.einsum("cdi,cdj->ij", centred, centred) / (centred.shape[0] * centred.shape[1])
+
+
+def covariance_scorer(learner, train, shrinkage=(0.5, 0.8, 0.9, 1.0)):
+    """A scorer comparing the Mahalanobis distance under each shrinkage of the drawer covariance."""
+    w = drawer_covariance(learner, train)
+    dim = w.shape[0]
+    maps = {lam: torch.linalg.cholesky(torch.linalg.inv((1 - lam) * w + lam * w.trace() / dim * torch.eye(dim, dtype=w.dtype)))
+            for lam in shrinkage}
+
+    def score(learner, b, size: int) -> dict[str, torch.Tensor]:
+        zs, zq = (z.double() for z in learner.embed(b.support_x, b.query_x))
+        # with S^-1 = L L^T, the Mahalanobis distance is the Euclidean one between z L
+        return {f"drawer covariance, lam={lam}": prototype_logits(zs @ chol, b.support_y, zq @ chol)
+                for lam, chol in maps.items()}
+
+    return score
+
+
 #: comparison -> (its scorer, tasks drawn per call: 10 bounds the memory of 27 views)
-COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20)}
+COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20), "drawer-covariance": (None, 10)}
 
 
 def main() -> None:
+    def overrides(args) -> list[str]:
+        return ["task.eval_augment=none"] + (["learner.transductive=false"] if args.compare == "drawer-covariance" else [])
+
     args, learner, tasks = run_and_test_tasks(
-        __doc__, 200, ["task.eval_augment=none"],
-        lambda p: p.add_argument("--compare", choices=sorted(COMPARISONS), required=True))
+        __doc__, 200, overrides, lambda p: p.add_argument("--compare", choices=sorted(COMPARISONS), required=True))
     score, per_draw = COMPARISONS[args.compare]
+    if args.compare == "drawer-covariance":
+        cfg, _, _ = load_run(args.run, overrides(args) + ["task.augment=none"])
+        with torch.no_grad():
+            score = covariance_scorer(learner, build_task(with_data_dir(cfg, args.data_dir), "train").dataset)
     gen = torch.Generator().manual_seed(12345)
     wrong, trials = {}, 0
     with torch.no_grad():
