@@ -116,8 +116,8 @@ def test_random_split_on_the_full_archives(shared_data, full_cache):
                          cache_dir=str(full_cache), download=False)
     train, test = (make_omniglot(cfg, s).dataset for s in ("train", "test"))
     assert (train.n_classes, test.n_classes) == (4800, 1692)
-    chars = lambda d: {n.rsplit("/", 1)[0] for n in d.class_names}  # noqa: E731
-    assert not chars(train) & chars(test) and len(chars(train) | chars(test)) == 1623
+    train_chars, test_chars = ({n.rsplit("/", 1)[0] for n in d.class_names} for d in (train, test))
+    assert not train_chars & test_chars and len(train_chars | test_chars) == 1623
 
 
 def test_vinyals_counts_on_the_full_archives(shared_data, full_cache):
@@ -556,6 +556,21 @@ def test_group_and_source_options_need_the_data_for_them():
     with pytest.raises(DataError, match="every class needs exactly one image from each of its 3 sources"):
         EpisodeSampler(twice, 5, 1, 1, shared_sources=True)
 
+
+
+def test_training_says_which_alphabets_are_too_small_for_its_episodes(shared_data, full_cache, tmp_path, capsys):
+    from metagrad.cli import main
+
+    sets = [f"task.data_dir={shared_data}", f"task.cache_dir={full_cache}", "task.download=false",
+            f'task.background_archives=["{SMALL1}"]', "task.within_alphabet=always", "task.ways=25",
+            "task.eval_ways=5", "model.channels=8", "train.iterations=1", "train.eval_every=0",
+            "train.eval_tasks=2", "train.test_tasks=2"]
+    assert main(["train", "--preset", "oneshot-omniglot-lake", "--out", str(tmp_path / "run"),
+                 *[a for s in sets for a in ("--set", s)]]) == 0
+    # the small archive's five alphabets (trainval): Balinese and Greek (24 characters) and Early_Aramaic (22) are
+    # too small for 25 ways, Korean (40) and Latin (26) are not; each in 4 rotations
+    assert ("note: the Omniglot lake train split: 12 of 20 class groups have fewer than 25 classes (Balinese/rot000, "
+            "Balinese/rot090, ...), so their 280 of 544 classes are never in a 25-way task") in "".join(capsys.readouterr())
 
 def test_polarity_is_flipped_only_for_line_drawings_on_the_other_ground(shared_data, full_cache):
     from metagrad.tasks.images import opposite_polarity
