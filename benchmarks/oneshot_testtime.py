@@ -98,6 +98,7 @@ def drawer_covariance(learner, train) -> torch.Tensor:
         for i in range(0, len(chars), 20):
             chunk = chars[i : i + 20]
             x = images[chunk].float().div(255).transpose(0, 1)  # [20 drawers, chunk, C, H, W]
+            # each drawer's batch as a support set (its BatchNorm statistics); the query is unused
             z = torch.stack([learner.embed(x[d][None], x[d][None, :1])[0][0] for d in range(20)], 1)
             per_char += list(z.double())
     centred = torch.stack(per_char) - torch.stack(per_char).mean(1, keepdim=True)  # [chars, 20, D]
@@ -121,7 +122,8 @@ def covariance_scorer(learner, train, shrinkage=(0.5, 0.8, 0.9, 1.0)):
 
 
 #: comparison -> (its scorer, tasks drawn per call: 10 bounds the memory of 27 views)
-COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20), "drawer-covariance": (None, 10)}
+COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20),
+               "drawer-covariance": (None, 10)}  # its scorer is made in main(): it needs the training split
 
 
 def main() -> None:
@@ -132,7 +134,7 @@ def main() -> None:
         __doc__, 200, overrides, lambda p: p.add_argument("--compare", choices=sorted(COMPARISONS), required=True))
     score, per_draw = COMPARISONS[args.compare]
     if args.compare == "drawer-covariance":
-        cfg, _, _ = load_run(args.run, overrides(args) + ["task.augment=none"])
+        cfg, _, _ = load_run(args.run, overrides(args))
         with torch.no_grad():
             score = covariance_scorer(learner, build_task(with_data_dir(cfg, args.data_dir), "train").dataset)
     gen = torch.Generator().manual_seed(12345)
