@@ -111,6 +111,8 @@ class LSTMOptimizer(MetaLearner):
     """The learned optimizer as a meta-learner: its meta-parameters are φ (``self.net``); the
     optimizee is ``model`` run with per-task parameters [B, *shape] from a fresh random start."""
 
+    compile_break = "the optimizee's gradients are taken with torch.autograd.grad, which torch.compile does not trace"
+
     def __init__(self, hp: LSTMOptimizerConfig, model: nn.Module, kind: str):
         super().__init__(kind)
         self.hp = hp

@@ -65,6 +65,8 @@ class MetaLSTM(MetaLearner):
     """The learner ``model`` (its parameters are c_0, meta-learned) updated by a two-layer
     meta-learner LSTM; every task's parameter entries are the coordinates."""
 
+    compile_break = "the learner's gradients are taken with torch.autograd.grad, which torch.compile does not trace"
+
     def __init__(self, hp: MetaLSTMConfig, model: nn.Module, kind: str):
         super().__init__(kind)
         self.hp = hp

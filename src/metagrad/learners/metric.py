@@ -63,6 +63,8 @@ class MetricLearner(MetaLearner):
     net: [N, *input_shape] -> [N, D] embeddings (no parameters for raw pixels).
     """
 
+    compile_break = "the number of classes is read from the support labels on the host (n_ways)"
+
     def __init__(self, net: nn.Module, executor: str, transductive: bool = True):
         super().__init__("classification")
         self.net, self.executor, self.transductive = net, executor, transductive

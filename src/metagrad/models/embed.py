@@ -12,7 +12,11 @@ def embed_sets(encoder: nn.Module, x: Tensor) -> Tensor:
     A batch-statistics BatchNorm in the encoder thus normalises over one task's set, never
     across the tasks of a meta-batch (as in MAML's inner loop).
     """
-    return torch.func.vmap(encoder)(x)
+
+    def encode(task_x: Tensor) -> Tensor:  # a named function: vmap names a module by repr(), which torch.compile cannot trace
+        return encoder(task_x)
+
+    return torch.func.vmap(encode)(x)
 
 
 @torch.no_grad()

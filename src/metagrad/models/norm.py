@@ -6,17 +6,19 @@ normalises with the current batch's statistics in training and evaluation alike 
 running averages), so the layer has no buffers. Within :func:`statistics_from_first` the
 statistics come from the batch's leading rows only (a task's support set), and every row is
 normalised with them, so each remaining row's output depends on nothing else it is batched with.
+That setting is a plain module global, not a ContextVar: torch.compile traces a global read (and
+guards on its value) but breaks the graph at ``ContextVar.get``, which put a graph break into
+every compiled learner with BatchNorm (tests/test_conformance.py now asks for whole graphs).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
-_STATISTICS_ROWS: ContextVar[int | None] = ContextVar("metagrad_norm_statistics_rows", default=None)
+_statistics_rows: int | None = None  # set only by statistics_from_first
 
 
 @contextmanager
@@ -24,11 +26,12 @@ def statistics_from_first(rows: int):
     """Within this block every BatchNorm takes its mean and variance from the first ``rows`` rows
     of the batch it is given (dim 0; inside torch.func.vmap, of each task's batch) and normalises
     all rows with them."""
-    token = _STATISTICS_ROWS.set(rows)
+    global _statistics_rows
+    previous, _statistics_rows = _statistics_rows, rows
     try:
         yield
     finally:
-        _STATISTICS_ROWS.reset(token)
+        _statistics_rows = previous
 
 
 class BatchNorm(nn.Module):
@@ -45,7 +48,7 @@ class BatchNorm(nn.Module):
         # full-size ops instead of six, which the second-order backward multiplies (performance.md)
         dims = (0, *range(2, x.dim()))
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        rows = _STATISTICS_ROWS.get()
+        rows = _statistics_rows
         centered = x - (x if rows is None else x[:rows]).mean(dim=dims, keepdim=True)
         spread = centered if rows is None else centered[:rows]
         scale = torch.rsqrt(spread.square().mean(dim=dims, keepdim=True) + self.eps) * self.weight.view(shape)
