@@ -22,6 +22,13 @@ characters, each embedded by itself in a batch of up to 20 characters of its alp
 drawer, shrunk towards its mean variance (S = (1 - lam) W + lam tr(W)/D I) and compared
 with the Euclidean distance (lam = 1). Every image scored by itself (``learner.transductive=false``).
 
+``--compare hubness``: whether some candidates draw wrong answers because they sit where many
+characters look alike ("hubs", as CSLS corrects them in word translation; Conneau et al. 2018):
+the squared distance d(q, c) minus alpha times r(c), the mean squared distance from candidate c
+to its 10 nearest embeddings among the background drawings above (all 20 drawings of every
+unrotated training character), or to the trial's 19 other candidates. Only the training set and
+the trial itself are used, so each test drawing is still scored by itself.
+
     OMP_NUM_THREADS=1 python benchmarks/oneshot_testtime.py RUN --data-dir DATA --compare views [--episodes 200]
 """
 
@@ -85,9 +92,10 @@ def score_metrics(learner, b, size: int) -> dict[str, torch.Tensor]:
     return {rule: metric_logits(rule, zs, b.support_y, zq) for rule in ("euclid", "cosine", "center", "cl2n")}
 
 
-def drawer_covariance(learner, train) -> torch.Tensor:
-    """float64 [D, D]: the mean within-character covariance of the embeddings of ``train``'s
-    unrotated characters (ImageClassDataset, 20 drawings each), as described above."""
+def background_embeddings(learner, train) -> torch.Tensor:
+    """float64 [characters, 20, D]: ``train``'s unrotated characters (ImageClassDataset, 20
+    drawings each), each drawing embedded in a batch of up to 20 characters of its alphabet by
+    its drawer, as described above."""
     images = train.images.view(train.n_classes, 20, *train.images.shape[1:])
     alphabets: dict[str, list[int]] = {}
     for c, (name, group) in enumerate(zip(train.class_names, train.class_groups)):
@@ -101,7 +109,13 @@ def drawer_covariance(learner, train) -> torch.Tensor:
             # each drawer's batch as a support set (its BatchNorm statistics); the query is unused
             z = torch.stack([learner.embed(x[d][None], x[d][None, :1])[0][0] for d in range(20)], 1)
             per_char += list(z.double())
-    centred = torch.stack(per_char) - torch.stack(per_char).mean(1, keepdim=True)  # [chars, 20, D]
+    return torch.stack(per_char)
+
+
+def drawer_covariance(learner, train) -> torch.Tensor:
+    """float64 [D, D]: the mean within-character covariance of the background embeddings."""
+    per_char = background_embeddings(learner, train)
+    centred = per_char - per_char.mean(1, keepdim=True)  # [chars, 20, D]
     return torch.einsum("cdi,cdj->ij", centred, centred) / (centred.shape[0] * centred.shape[1])
 
 
@@ -121,22 +135,44 @@ def covariance_scorer(learner, train, shrinkage=(0.5, 0.8, 0.9, 1.0)):
     return score
 
 
+def hubness_scorer(learner, train, alphas=(0.0, 0.25, 0.5, 1.0), k: int = 10):
+    """A scorer comparing d(q, c) - alpha r(c) for r from the background set or the trial's support."""
+    reference = background_embeddings(learner, train).flatten(0, 1)  # [chars * 20, D]
+
+    def score(learner, b, size: int) -> dict[str, torch.Tensor]:
+        zs, zq = (z.double() for z in learner.embed(b.support_x, b.query_x))
+        d = -prototype_logits(zs, b.support_y, zq)  # [B, Q, N]; 1 shot: the candidates are zs in label order
+        cands = zs.gather(1, b.support_y.argsort(1)[..., None].expand_as(zs))  # [B, N, D] in label order
+        r_bg = torch.cdist(cands, reference[None]).square().topk(k, largest=False).values.mean(-1)  # [B, N]
+        within = torch.cdist(cands, cands).square()
+        r_support = within.sum(-1) / (within.shape[-1] - 1)
+        out = {}
+        for alpha in alphas:
+            out[f"background density, alpha={alpha}"] = -(d - alpha * r_bg[:, None])
+            if alpha:
+                out[f"support density, alpha={alpha}"] = -(d - alpha * r_support[:, None])
+        return out
+
+    return score
+
+
 #: comparison -> (its scorer, tasks drawn per call: 10 bounds the memory of 27 views)
 COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20),
-               "drawer-covariance": (None, 10)}  # its scorer is made in main(): it needs the training split
+               "drawer-covariance": (None, 10), "hubness": (None, 10)}  # made in main(): they need the training split
+SCORERS_OF_TRAINING_SET = {"drawer-covariance": covariance_scorer, "hubness": hubness_scorer}
 
 
 def main() -> None:
     def overrides(args) -> list[str]:
-        return ["task.eval_augment=none"] + (["learner.transductive=false"] if args.compare == "drawer-covariance" else [])
+        return ["task.eval_augment=none"] + (["learner.transductive=false"] if args.compare in SCORERS_OF_TRAINING_SET else [])
 
     args, learner, tasks = run_and_test_tasks(
         __doc__, 200, overrides, lambda p: p.add_argument("--compare", choices=sorted(COMPARISONS), required=True))
     score, per_draw = COMPARISONS[args.compare]
-    if args.compare == "drawer-covariance":
+    if args.compare in SCORERS_OF_TRAINING_SET:
         cfg, _, _ = load_run(args.run, overrides(args))
         with torch.no_grad():
-            score = covariance_scorer(learner, build_task(with_data_dir(cfg, args.data_dir), "train").dataset)
+            score = SCORERS_OF_TRAINING_SET[args.compare](learner, build_task(with_data_dir(cfg, args.data_dir), "train").dataset)
     gen = torch.Generator().manual_seed(12345)
     wrong, trials = {}, 0
     with torch.no_grad():
