@@ -13,7 +13,7 @@ def embed_sets(encoder: nn.Module, x: Tensor) -> Tensor:
     across the tasks of a meta-batch (as in MAML's inner loop).
     """
 
-    def encode(task_x: Tensor) -> Tensor:  # a named function: vmap names a module by repr(), which torch.compile cannot trace
+    def encode(task_x: Tensor) -> Tensor:  # vmap names a bare module by repr(), which torch.compile cannot trace
         return encoder(task_x)
 
     return torch.func.vmap(encode)(x)
