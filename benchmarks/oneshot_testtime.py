@@ -10,6 +10,11 @@ scored in its V views with the log-probabilities summed by `evaluation.vote`):
   shift1xscale  shift1 at scales 0.9 / 1 / 1.1 (27)
   shift1xrot    shift1 at rotations -6 / 0 / +6 degrees (27)
 
+``--compare quarter-turns``: the same with whole quarter turns of support and query together
+(exact, torch.rot90), which the training episodes contain as classes of their own (rot090 ...):
+
+  shift1        as above (9);  turns  0 / 90 / 180 / 270 degrees (4);  shift1xturns  both (36)
+
 ``--compare metrics``: SimpleShot-style normalisations (Wang et al. 2019) of a Prototypical
 Network's embeddings against the squared Euclidean distance it was trained with, no views:
 
@@ -52,20 +57,33 @@ def theta(size: int, dy: float = 0.0, dx: float = 0.0, scale: float = 1.0, rot_d
     return torch.tensor([[c, -s, -2 * dx / size], [s, c, -2 * dy / size]], dtype=torch.float64)
 
 
-def view_sets(size: int) -> dict[str, list[torch.Tensor]]:
+#: a view: (quarter turns, then the affine map [2, 3] of :func:`theta`)
+View = tuple[int, torch.Tensor]
+
+
+def view_sets(size: int) -> dict[str, list[View]]:
     one = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return {
-        "shift1 (9)": [theta(size, dy, dx) for dy, dx in one],
-        "shift2 (25)": [theta(size, dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
-        "shift1 x scale 0.9/1/1.1 (27)": [theta(size, dy, dx, s) for s in (0.9, 1, 1.1) for dy, dx in one],
-        "shift1 x rotation -6/0/6 deg (27)": [theta(size, dy, dx, 1, r) for r in (-6, 0, 6) for dy, dx in one],
+        "shift1 (9)": [(0, theta(size, dy, dx)) for dy, dx in one],
+        "shift2 (25)": [(0, theta(size, dy, dx)) for dy in range(-2, 3) for dx in range(-2, 3)],
+        "shift1 x scale 0.9/1/1.1 (27)": [(0, theta(size, dy, dx, s)) for s in (0.9, 1, 1.1) for dy, dx in one],
+        "shift1 x rotation -6/0/6 deg (27)": [(0, theta(size, dy, dx, 1, r)) for r in (-6, 0, 6) for dy, dx in one],
     }
 
 
-def views(x: torch.Tensor, y: torch.Tensor, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def quarter_turn_sets(size: int) -> dict[str, list[View]]:
+    one = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return {
+        "shift1 (9)": [(0, theta(size, dy, dx)) for dy, dx in one],
+        "quarter turns 0/90/180/270 (4)": [(k, theta(size)) for k in range(4)],
+        "shift1 x quarter turns (36)": [(k, theta(size, dy, dx)) for k in range(4) for dy, dx in one],
+    }
+
+
+def views(x: torch.Tensor, y: torch.Tensor, maps: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, S, C, H, W], y [B, S] -> [B, V*S, ...], [B, V*S], view by view."""
     flat = x.flatten(0, 1)
-    out = [warp(flat, m[None].expand(flat.shape[0], 2, 3)).view_as(x) for m in maps]
+    out = [warp(torch.rot90(flat, k, dims=(-2, -1)), m[None].expand(flat.shape[0], 2, 3)).view_as(x) for k, m in maps]
     return torch.cat(out, 1), y.repeat(1, len(maps))
 
 
@@ -79,12 +97,24 @@ def metric_logits(rule: str, zs: torch.Tensor, support_y: torch.Tensor, zq: torc
     return prototype_logits(zs, support_y, zq)
 
 
-def score_views(learner, b, size: int) -> dict[str, torch.Tensor]:
+def score_views(learner, b, size: int, sets=view_sets) -> dict[str, torch.Tensor]:
+    """Each set's log-probabilities summed over its views. Views of one quarter turn go through
+    the network together, each turn apart: a training episode's images all share one turn, and
+    so should the images that share a BatchNorm batch at test."""
     out = {}
-    for name, maps in view_sets(size).items():
-        model = learner.adapt(*views(b.support_x, b.support_y, maps))
-        out[name] = vote(model(views(b.query_x, b.query_y, maps)[0]), len(maps))
+    for name, maps in sets(size).items():
+        total = 0
+        for k in sorted({k for k, _ in maps}):
+            turn = [v for v in maps if v[0] == k]
+            model = learner.adapt(*views(b.support_x, b.support_y, turn))
+            logp = vote(model(views(b.query_x, b.query_y, turn)[0]), len(turn))
+            total = total + (logp if len(turn) > 1 else logp.log_softmax(-1))
+        out[name] = total
     return out
+
+
+def score_quarter_turns(learner, b, size: int) -> dict[str, torch.Tensor]:
+    return score_views(learner, b, size, quarter_turn_sets)
 
 
 def score_metrics(learner, b, size: int) -> dict[str, torch.Tensor]:
@@ -157,7 +187,7 @@ def hubness_scorer(learner, train, alphas=(0.0, 0.25, 0.5, 1.0), k: int = 10):
 
 
 #: comparison -> (its scorer, tasks drawn per call: 10 bounds the memory of 27 views)
-COMPARISONS = {"views": (score_views, 10), "metrics": (score_metrics, 20),
+COMPARISONS = {"views": (score_views, 10), "quarter-turns": (score_quarter_turns, 5), "metrics": (score_metrics, 20),
                "drawer-covariance": (None, 10), "hubness": (None, 10)}  # made in main(): they need the training split
 SCORERS_OF_TRAINING_SET = {"drawer-covariance": covariance_scorer, "hubness": hubness_scorer}
 
