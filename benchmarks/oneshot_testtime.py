@@ -61,8 +61,12 @@ def theta(size: int, dy: float = 0.0, dx: float = 0.0, scale: float = 1.0, rot_d
 View = tuple[int, torch.Tensor]
 
 
+#: the one-pixel shifts (dy, dx) of ``task.eval_augment=shifts_both``, the unshifted one included
+ONE_PIXEL = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
 def view_sets(size: int) -> dict[str, list[View]]:
-    one = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    one = ONE_PIXEL
     return {
         "shift1 (9)": [(0, theta(size, dy, dx)) for dy, dx in one],
         "shift2 (25)": [(0, theta(size, dy, dx)) for dy in range(-2, 3) for dx in range(-2, 3)],
@@ -72,11 +76,10 @@ def view_sets(size: int) -> dict[str, list[View]]:
 
 
 def quarter_turn_sets(size: int) -> dict[str, list[View]]:
-    one = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return {
-        "shift1 (9)": [(0, theta(size, dy, dx)) for dy, dx in one],
+        "shift1 (9)": view_sets(size)["shift1 (9)"],
         "quarter turns 0/90/180/270 (4)": [(k, theta(size)) for k in range(4)],
-        "shift1 x quarter turns (36)": [(k, theta(size, dy, dx)) for k in range(4) for dy, dx in one],
+        "shift1 x quarter turns (36)": [(k, theta(size, dy, dx)) for k in range(4) for dy, dx in ONE_PIXEL],
     }
 
 
@@ -171,7 +174,7 @@ def hubness_scorer(learner, train, alphas=(0.0, 0.25, 0.5, 1.0), k: int = 10):
 
     def score(learner, b, size: int) -> dict[str, torch.Tensor]:
         zs, zq = (z.double() for z in learner.embed(b.support_x, b.query_x))
-        d = -prototype_logits(zs, b.support_y, zq)  # [B, Q, N]; 1 shot: the candidates are zs in label order
+        d = -prototype_logits(zs, b.support_y, zq)  # [B, Q, N]; 1 shot: each prototype is its one support image
         cands = zs.gather(1, b.support_y.argsort(1)[..., None].expand_as(zs))  # [B, N, D] in label order
         r_bg = torch.cdist(cands, reference[None]).square().topk(k, largest=False).values.mean(-1)  # [B, N]
         within = torch.cdist(cands, cands).square()
