@@ -557,7 +557,6 @@ def test_group_and_source_options_need_the_data_for_them():
         EpisodeSampler(twice, 5, 1, 1, shared_sources=True)
 
 
-
 def test_training_says_which_alphabets_are_too_small_for_its_episodes(shared_data, full_cache, tmp_path, capsys):
     from metagrad.cli import main
 
@@ -571,6 +570,7 @@ def test_training_says_which_alphabets_are_too_small_for_its_episodes(shared_dat
     # too small for 25 ways, Korean (40) and Latin (26) are not; each in 4 rotations
     assert ("note: the Omniglot lake train split: 12 of 20 class groups have fewer than 25 classes (Balinese/rot000, "
             "Balinese/rot090, ...), so their 280 of 544 classes are never in a 25-way task") in "".join(capsys.readouterr())
+
 
 def test_polarity_is_flipped_only_for_line_drawings_on_the_other_ground(shared_data, full_cache):
     from metagrad.tasks.images import opposite_polarity
