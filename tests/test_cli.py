@@ -7,10 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
+from metagrad import MAML, MAMLConfig, Sinusoid, evaluate, evaluation
 from metagrad.checkpoint import load_checkpoint
 from metagrad.cli import main
 from metagrad.config import load_config, preset_names
@@ -362,9 +365,18 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
                                                "  iteration 30/40", "  iteration 40/40", "  iteration 40"]
     assert "validation 10 steps: mse" in rows[2] and "\r" not in err
     assert "mse" not in rows[0]  # a regression's mse is its loss: shown once
-    # the final test (10 tasks) says how far it got; validation, short and logged anyway, stays quiet
-    tested = [line.split(" (")[0] for line in err.splitlines() if line.startswith("  evaluating: ")]
-    assert tested == ["  evaluating: 10/10 tasks"]
+    # the final test of 10 tasks takes under QUIET_S seconds, so it leaves no progress lines either
+    assert "  evaluating: " not in err
+
+
+def test_off_a_terminal_an_evaluation_says_how_far_it_got_once_it_runs_for_seconds(monkeypatch, capsys):
+    clock = iter(range(0, 1000, 2))  # every reading of the clock 2 s after the one before
+    monkeypatch.setattr(evaluation, "time", SimpleNamespace(time=lambda: next(clock)))
+    learner = MAML(MAMLConfig(inner_lr=0.01, inner_steps=1), nn.Linear(1, 1), kind="regression")
+    evaluate(learner, Sinusoid(), episodes=20, batch_size=2, progress=True)  # capsys: stderr is not a terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  evaluating: ")]
+    # t0 = 0 s; the tenths at 2, 4, 6 ... tasks read 2, 4, 6 ... s: quiet until QUIET_S (5 s)
+    assert lines == [f"  evaluating: {done}/20 tasks ({done} s)" for done in range(6, 21, 2)]
 
 
 def test_plot_redraws_a_run_and_takes_overrides(tmp_path, capsys):

@@ -14,6 +14,9 @@ from tqdm import tqdm
 from .distributed import DistContext, all_gather_object
 from .learners.base import MetaLearner, metric_name, task_metric
 
+#: off a terminal, an evaluation shorter than this many seconds prints no progress lines
+QUIET_S = 5.0
+
 
 @dataclass
 class Estimate:
@@ -70,7 +73,8 @@ def evaluate(
     Under torch.distributed (``ctx``: W ranks) rank r scores episodes r, r+W, r+2W, ... (every rank
     draws the same tasks) and the per-episode metrics are gathered back into episode order, so
     every rank returns the estimates a single process would. ``progress`` (rank 0 only): a bar on
-    stderr when it is a terminal; elsewhere (a log file) a line at every tenth of the episodes.
+    stderr when it is a terminal; elsewhere (a log file) a line at every tenth of the episodes once
+    the evaluation has run ``QUIET_S`` seconds, so a quick one leaves no lines.
     """
     views = getattr(source, "query_views", 1)
     generator = torch.Generator().manual_seed(seed)
@@ -98,7 +102,9 @@ def evaluate(
             done += n
             bar.update(n)
             if lines_every and (done // lines_every > (done - n) // lines_every or done == episodes):
-                print(f"  evaluating: {done}/{episodes} tasks ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+                elapsed = time.time() - t0
+                if elapsed >= QUIET_S:
+                    print(f"  evaluating: {done}/{episodes} tasks ({elapsed:.0f} s)", file=sys.stderr, flush=True)
     bar.close()
     learner.train(was_training)
     name = metric_name(learner.kind)
