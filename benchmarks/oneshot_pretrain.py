@@ -66,9 +66,9 @@ def main():
     p.add_argument("--save", default=None)
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
-    for name in ("steps", "batch", "episodes", "then_episodes"):
-        if getattr(args, name) < (0 if name == "then_episodes" else 1):
-            p.error(f"--{name} {getattr(args, name)}: allowed: 1 or more")
+    for name, least in (("steps", 1), ("batch", 1), ("episodes", 1), ("then_episodes", 0)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: allowed: {least} or more")
     torch.set_num_threads(1)
 
     cfg, trained, _ = load_run(args.run, EVAL + [f"train.seed={args.seed}"])
