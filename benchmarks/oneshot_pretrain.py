@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from metagrad.build import build_learner, build_task
 from metagrad.config import with_data_dir
 from metagrad.evaluation import evaluate
+from metagrad.step import MetaStep
 from metagrad.tasks.images import as_float, random_affine_maps, warp
 from metagrad.tasks.omniglot import omniglot_dataset
 from metagrad.train import load_run
@@ -43,10 +44,10 @@ from metagrad.train import load_run
 EVAL = ["task.eval_augment=none", "learner.transductive=false"]
 
 
-def score(results: dict, key: str, title: str, learner, test, episodes: int) -> None:
+def score(results: dict, key: str, title: str, learner, test, episodes: int, chunk: int = 0) -> None:
     """Score ``learner`` on the test episodes into ``results[key]`` and print its error rate."""
     t = time.time()
-    e = results[key] = evaluate(learner.eval(), test, episodes=episodes)["adapted"].to_dict()
+    e = results[key] = evaluate(learner.eval(), test, episodes=episodes, chunk=chunk)["adapted"].to_dict()
     print(f"{title}: {100 * (1 - e['mean']):.2f} ± {100 * e['ci95']:.2f} % errors ({time.time() - t:.0f} s)", flush=True)
 
 
@@ -123,19 +124,16 @@ def main():
         episodes = build_task(cfg, "train")
         opt = torch.optim.Adam(net.parameters(), lr=args.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, args.then_episodes // 4), gamma=0.5)
+        meta_step = MetaStep(learner, opt)  # the training loop's own step
         learner.train()
-        t, acc = time.time(), 0.0
+        t, acc, n = time.time(), 0.0, 0
         for step in range(1, args.then_episodes + 1):
-            loss, stats = learner.meta_loss(episodes.sample(1, gen))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            acc += float(meta_step(episodes.sample(1, gen), 1)["accuracy"])
             sched.step()
-            acc += float(stats["accuracy"]) if "accuracy" in stats else float("nan")
+            n += 1
             if step % 100 == 0 or step == args.then_episodes:
-                print(f"episode {step}/{args.then_episodes}: training accuracy {100 * acc / (100 if step % 100 == 0 else step % 100):.1f} % "
-                      f"({time.time() - t:.0f} s)", flush=True)
-                acc = 0.0
+                print(f"episode {step}/{args.then_episodes}: training accuracy {100 * acc / n:.1f} % ({time.time() - t:.0f} s)", flush=True)
+                acc, n = 0.0, 0
         results["episodic_seconds"] = round(time.time() - t, 1)
         score(results, "then_episodic", f"then {args.then_episodes} episodes", learner, test, args.episodes)
     if args.save:
@@ -144,11 +142,8 @@ def main():
         own, trained_again, _ = load_run(args.run, args.test_set)
         own = with_data_dir(own, args.data_dir)
         trained_again.load_state_dict(learner.state_dict())
-        t = time.time()
-        e = results["run_test"] = evaluate(trained_again.eval(), build_task(own, "test"), episodes=own.train.test_tasks,
-                                           chunk=own.train.eval_chunk)["adapted"].to_dict()
-        print(f"with the run's own test settings: {100 * (1 - e['mean']):.2f} ± {100 * e['ci95']:.2f} % errors "
-              f"({time.time() - t:.0f} s)", flush=True)
+        score(results, "run_test", "with the run's own test settings", trained_again, build_task(own, "test"),
+              own.train.test_tasks, own.train.eval_chunk)
     print(json.dumps(results))
 
 
