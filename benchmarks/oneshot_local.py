@@ -25,16 +25,14 @@ on the same test episodes (seed 12345, as ``metagrad eval`` draws them) as ``one
 import argparse
 import json
 import math
-import time
 
 import torch
 
 from metagrad.build import build_learner, build_task
 from metagrad.config import with_data_dir
 from metagrad.learners.protonet import ProtoNet
-from metagrad.step import MetaStep
 from metagrad.train import load_run
-from oneshot_pretrain import EVAL, score
+from oneshot_pretrain import EVAL, score, train_episodes
 from oneshot_testtime import local_distances
 
 #: layers of a Conv-4 embedding up to the last block's output before its pool (4 per block)
@@ -82,22 +80,8 @@ def main():
     if args.rule == "local":
         learner = LocalProtoNet(learner.net.features[:BEFORE_LAST_POOL], learner.executor, learner.transductive,
                                 args.radius)
-    hp = cfg.train
-    opt = torch.optim.Adam(learner.parameters(), lr=hp.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, args.episodes_train // 4), gamma=0.5)
-    meta_step = MetaStep(learner, opt)  # the training loop's own step
-    gen = torch.Generator().manual_seed(args.seed)
-    learner.train()
-    t, acc, n = time.time(), 0.0, 0
-    for step in range(1, args.episodes_train + 1):
-        acc += float(meta_step(episodes.sample(1, gen), 1)["accuracy"])
-        sched.step()
-        n += 1
-        if step % 100 == 0 or step == args.episodes_train:
-            print(f"episode {step}/{args.episodes_train}: training accuracy {100 * acc / n:.1f} % "
-                  f"({time.time() - t:.0f} s)", flush=True)
-            acc, n = 0.0, 0
-    results = {"run": args.run, "args": vars(args), "train_seconds": round(time.time() - t, 1)}
+    seconds = train_episodes(learner, episodes, args.episodes_train, cfg.train.lr, torch.Generator().manual_seed(args.seed))
+    results = {"run": args.run, "args": vars(args), "train_seconds": seconds}
     score(results, "test", f"rule {args.rule}" + (f", radius {args.radius}" if args.rule == "local" else ""),
           learner, test, args.episodes)
     print(json.dumps(results))
