@@ -38,9 +38,10 @@ the trial itself are used, so each test drawing is still scored by itself.
 (the last block's 4x4 map before its pool, or the third block's 4x4 output) instead of their mean,
 and a query compared with a candidate position by position, each query descriptor matched to its
 nearest candidate descriptor within ``r`` positions (r = 0: the same position; r = 1: the 3x3
-neighbourhood, an image distortion model on features; r = inf: anywhere, as DN4 does), the
-distances summed both ways (query to candidate and back). Squared Euclidean distances of the raw
-descriptors and of L2-normalised ones; the pooled embedding's distance as trained for reference.
+neighbourhood, an image distortion model on features; r = inf: anywhere, as DN4 does), both ways
+(query to candidate and back): ``learner.distance=local``'s rule (learners/protonet.py), here on a
+network trained for the pooled embedding. Squared Euclidean distances of the raw descriptors and
+of L2-normalised ones; the pooled embedding's distance as trained for reference.
 
     OMP_NUM_THREADS=1 python benchmarks/oneshot_testtime.py RUN --data-dir DATA --compare views [--episodes 200]
 """
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 from metagrad.build import build_task
 from metagrad.config import with_data_dir
 from metagrad.evaluation import vote
-from metagrad.learners.protonet import prototype_logits
+from metagrad.learners.protonet import local_distances, prototype_logits
 from metagrad.tasks.images import warp
 from metagrad.train import load_run
 from oneshot_run import draws, run_and_test_tasks
@@ -198,32 +199,14 @@ def hubness_scorer(learner, train, alphas=(0.0, 0.25, 0.5, 1.0), k: int = 10):
 
 
 def feature_maps(learner, b, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The support maps in label order [B, N, C, H, W] and the query maps [B, Q, C, H, W] after the
-    first ``layers`` layers of a Conv-4 embedding (4 per block), each task one BatchNorm batch."""
+    """The support maps [B, S, C, H, W] and the query maps [B, Q, C, H, W] after the first
+    ``layers`` layers of a Conv-4 embedding (4 per block), each task one BatchNorm batch."""
     net = learner.net
     learner.net = net.features[:layers]
     try:
-        fs, fq = learner.embed(b.support_x, b.query_x)
+        return learner.embed(b.support_x, b.query_x)
     finally:
         learner.net = net
-    order = b.support_y.argsort(1)  # 1 shot: one support drawing per class
-    return fs.gather(1, order.view(*order.shape, 1, 1, 1).expand_as(fs)), fq
-
-
-def local_distances(fs: torch.Tensor, fq: torch.Tensor, radius: float, normalise: bool) -> torch.Tensor:
-    """fs [B, N, C, H, W], fq [B, Q, C, H, W] -> [B, Q, N]: the sum over the query's positions of the
-    squared distance to the nearest candidate descriptor within ``radius`` positions, plus the same
-    from the candidate's positions to the query's."""
-    h, w = fs.shape[-2:]
-    s, q = fs.flatten(3).transpose(-1, -2), fq.flatten(3).transpose(-1, -2)  # [B, N|Q, HW, C]
-    if normalise:
-        s, q = F.normalize(s, dim=-1), F.normalize(q, dim=-1)
-    d = torch.cdist(q[:, :, None], s[:, None]).square()  # [B, Q, N, HW_q, HW_s]
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    pos = torch.stack([yy.flatten(), xx.flatten()], -1)
-    far = (pos[:, None] - pos[None]).abs().amax(-1) > radius  # [HW, HW]
-    d = d.masked_fill(far, math.inf)
-    return d.amin(-1).sum(-1) + d.amin(-2).sum(-1)
 
 
 #: (name, layers of the Conv-4 features: block 3's output, or block 4 before its pool)
@@ -235,10 +218,11 @@ def score_local(learner, b, size: int) -> dict[str, torch.Tensor]:
     out = {"pooled embedding (as trained)": prototype_logits(zs, b.support_y, zq)}
     for name, layers in LOCAL_MAPS:
         fs, fq = feature_maps(learner, b, layers)
-        for radius in (0, 1, math.inf):
+        for radius, shown in ((0, 0), (1, 1), (max(fs.shape[-2:]), math.inf)):  # a radius of the map's side: anywhere
             for normalise in (False, True):
-                key = f"{name}, r={radius}{', L2-normalised' if normalise else ''}"
-                out[key] = -local_distances(fs.double(), fq.double(), radius, normalise)
+                key = f"{name}, r={shown}{', L2-normalised' if normalise else ''}"
+                unit = (lambda f: F.normalize(f, dim=2)) if normalise else (lambda f: f)  # each descriptor over C
+                out[key] = -local_distances(unit(fs.double()), b.support_y, unit(fq.double()), radius)
     return out
 
 

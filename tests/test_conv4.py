@@ -51,3 +51,16 @@ def test_a_negative_leak_or_projection_is_a_one_line_error():
         load_config("snail-quick", ["model.leak=-0.1"])
     with pytest.raises(ConfigError, match="model.project must be >= 0, got -64"):
         load_config("snail-quick", ["model.project=-64"])
+
+
+@pytest.mark.parametrize("downsample,size,side", [("max", 32, 4), ("max", 28, 3), ("stride", 28, 2)])
+def test_feature_maps_are_the_last_map_before_its_pool(downsample, size, side):
+    """With max-pooling, forward() is the mean of the 2x2-max-pooled feature maps (the network
+    written out by hand above agrees with forward); with stride, their mean."""
+    torch.manual_seed(0)
+    net = Conv4(Conv4Config(channels=5, blocks=4, downsample=downsample), in_channels=1, n_outputs=None).double()
+    x = torch.randn(6, 1, size, size, dtype=torch.double)
+    maps = net.feature_maps(x)
+    assert maps.shape == (6, 5, side, side)
+    pooled = F.max_pool2d(maps, 2) if downsample == "max" else maps
+    torch.testing.assert_close(pooled.mean(dim=(2, 3)), net(x))

@@ -12,7 +12,7 @@ from metagrad.config import load_config
 from metagrad.errors import ConfigError
 from metagrad.learners.knn import KNN, KNNConfig
 from metagrad.learners.matching import MatchingConfig, MatchingNet
-from metagrad.learners.protonet import ProtoNet
+from metagrad.learners.protonet import ProtoNet, ProtoNetConfig, local_distances, make_protonet, prototype_logits
 from metagrad.models.conv4 import Conv4, Conv4Config
 from metagrad.tasks import TaskBatch
 from metagrad.build import build_task
@@ -66,6 +66,79 @@ def test_one_shot_protonet_is_nearest_neighbour_in_embedding_space():
     assert torch.equal(proto.argmax(-1), batch.support_y.gather(1, nearest))
 
 
+def local_by_loops(fs, support_y, fq, radius):
+    """The local distance written out descriptor by descriptor: d(x, k) of learners/protonet.py."""
+    B, S, C, h, w = fs.shape
+    Q, N = fq.shape[1], int(support_y.max()) + 1
+    cells = [(i, j) for i in range(h) for j in range(w)]
+
+    def nearest(a, b, at):  # squared distance from a's descriptor at ``at`` to b's nearest within radius
+        return min(float(((a[:, at[0], at[1]] - b[:, i, j]) ** 2).sum()) for i, j in cells
+                   if max(abs(i - at[0]), abs(j - at[1])) <= radius)
+
+    out = torch.zeros(B, Q, N, dtype=fs.dtype)
+    for b in range(B):
+        for qi in range(Q):
+            for k in range(N):
+                shots = [fs[b, si] for si in range(S) if support_y[b, si] == k]
+                q = fq[b, qi]
+                to_class = sum(min(nearest(q, s, at) for s in shots) for at in cells) / len(cells)
+                from_class = sum(sum(nearest(s, q, at) for at in cells) / len(cells) for s in shots) / len(shots)
+                out[b, qi, k] = (to_class + from_class) / 2
+    return out
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_local_distance_matches_the_descriptor_by_descriptor_definition(radius):
+    g = torch.Generator().manual_seed(radius)
+    fs = torch.randn(2, 6, 3, 3, 3, generator=g, dtype=torch.double)  # 3 classes x 2 shots of 3x3 maps
+    fq = torch.randn(2, 4, 3, 3, 3, generator=g, dtype=torch.double)
+    support_y = torch.stack([torch.randperm(6, generator=g) % 3 for _ in range(2)])
+    torch.testing.assert_close(local_distances(fs, support_y, fq, radius), local_by_loops(fs, support_y, fq, radius))
+    if radius == 3:  # a radius as large as the map: anywhere, so the order of a map's positions does not matter
+        shuffled = fq.flatten(3)[..., torch.randperm(9, generator=g)].view_as(fq)
+        torch.testing.assert_close(local_distances(fs, support_y, shuffled, radius),
+                                   local_distances(fs, support_y, fq, radius))
+
+
+def test_local_distance_of_1x1_maps_and_one_shot_is_the_prototype_distance():
+    g = torch.Generator().manual_seed(0)
+    zs, zq = torch.randn(2, 5, 4, generator=g, dtype=torch.double), torch.randn(2, 3, 4, generator=g, dtype=torch.double)
+    support_y = torch.stack([torch.randperm(5, generator=g) for _ in range(2)])
+    torch.testing.assert_close(-local_distances(zs[..., None, None], support_y, zq[..., None, None], 0),
+                               prototype_logits(zs, support_y, zq))
+
+
+def test_local_distance_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    fs = torch.randn(1, 4, 2, 3, 3, generator=g, dtype=torch.double, requires_grad=True)
+    fq = torch.randn(1, 3, 2, 3, 3, generator=g, dtype=torch.double, requires_grad=True)
+    support_y = torch.tensor([[0, 1, 0, 1]])
+    assert torch.autograd.gradcheck(lambda a, b: local_distances(a, support_y, b, 1), (fs, fq))
+
+
+def test_local_protonet_compares_the_maps_before_the_last_pool():
+    net, batch = conv_net(), episodes()  # 12 px, two blocks: 6x6 maps before the last pool
+    learner = ProtoNet(net, "vmap", distance="local", radius=1)
+    zs, zq = learner.embed(batch.support_x, batch.query_x)
+    assert zs.shape == (3, 8, 8, 6, 6) and zq.shape == (3, 12, 8, 6, 6)
+    pred = learner.adapt(batch.support_x, batch.support_y)(batch.query_x)
+    torch.testing.assert_close(pred, -local_distances(zs, batch.support_y, zq, 1))
+    b = 1
+    maps = net.feature_maps(torch.cat([batch.support_x[b], batch.query_x[b]]))  # one batch per task
+    torch.testing.assert_close(zs[b], maps[:8])
+
+
+def test_local_distance_needs_a_model_with_feature_maps():
+    from metagrad.tasks import Sinusoid
+
+    omniglot_like = type("Task", (), {"kind": "classification"})()
+    with pytest.raises(ConfigError, match="learner.distance='local' compares feature maps; the model \\(Flatten\\)"):
+        make_protonet(ProtoNetConfig(distance="local"), lambda n_outputs: nn.Flatten(), omniglot_like)
+    with pytest.raises(ConfigError, match="needs a classification task"):
+        make_protonet(ProtoNetConfig(distance="local"), lambda n_outputs: nn.Flatten(), Sinusoid())
+
+
 def test_knn_majority_vote_and_tie_break():
     zs = torch.tensor([[[0.0], [1.0], [1.1], [5.0], [5.2]]])
     ys = torch.tensor([[0, 1, 1, 2, 2]])
@@ -104,6 +177,7 @@ def test_matching_omniglot_presets_use_the_measured_temperature(preset):
 
 
 @pytest.mark.parametrize("make", [lambda net, ex: ProtoNet(net, ex),
+                                  lambda net, ex: ProtoNet(net, ex, distance="local"),
                                   lambda net, ex: MatchingNet(MatchingConfig(executor=ex), net, 0),
                                   lambda net, ex: KNN(KNNConfig(k=3, embedding="learned", executor=ex), net)])
 def test_vectorised_equals_loop_and_tasks_do_not_see_each_other(make):
@@ -123,6 +197,7 @@ def test_vectorised_equals_loop_and_tasks_do_not_see_each_other(make):
 
 
 @pytest.mark.parametrize("make", [lambda net, ex, t: ProtoNet(net, ex, t),
+                                  lambda net, ex, t: ProtoNet(net, ex, t, distance="local"),
                                   lambda net, ex, t: MatchingNet(MatchingConfig(executor=ex, transductive=t), net, 0),
                                   lambda net, ex, t: KNN(KNNConfig(k=3, embedding="learned", executor=ex, transductive=t), net)])
 def test_non_transductive_classifies_each_query_by_itself_with_the_support_statistics(make):
@@ -139,7 +214,7 @@ def test_non_transductive_classifies_each_query_by_itself_with_the_support_stati
         pred = learner.eval_predictions(batch)["adapted"]
         zs, _ = learner.embed(batch.support_x, batch.query_x)
         for b in range(len(batch)):
-            torch.testing.assert_close(zs[b], learner.net(batch.support_x[b]))  # the support set's own statistics
+            torch.testing.assert_close(zs[b], learner.encode(batch.support_x[b]))  # the support set's own statistics
             for i in range(q):
                 torch.testing.assert_close(alone(learner, b, i), pred[b, i])
     transductive = make(conv_net(), "vmap", True)  # the default: the other queries move the statistics
@@ -191,6 +266,7 @@ LEARN = ["task.image_size=14", "model.channels=32", "model.blocks=3", "train.ite
 
 @pytest.mark.parametrize("preset,extra", [
     ("protonet-omniglot-5w1s", ["task.ways=20"]),  # trains on 20-way episodes, tests 5-way
+    ("protonet-omniglot-5w1s", ["task.ways=20", "learner.distance=local"]),  # part by part, 3x3 maps at 14 px
     ("matching-omniglot-5w1s", []),
     ("knn-protonet-omniglot-5w1s", ["task.ways=20", "task.shots=2", "task.eval_shots=2", "learner.k=3"]),  # k-NN, not prototypes
 ])

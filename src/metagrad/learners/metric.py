@@ -76,10 +76,15 @@ class MetricLearner(MetaLearner):
 
         def one(sx, qx):
             with nullcontext() if self.transductive else statistics_from_first(s):
-                z = self.net(torch.cat([sx, qx]))
+                z = self.encode(torch.cat([sx, qx]))
             return z[:s], z[s:]
 
         return map_tasks(one, self.executor, support_x, query_x)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """One task's images [N, ...] -> what ``classify`` compares: embeddings [N, D] (a learner
+        that compares feature maps overrides this)."""
+        return self.net(x)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> BaseLearner:
         """The base learner is the labelled support set itself: query_x [B, Q, ...] -> logits [B, Q, N]."""

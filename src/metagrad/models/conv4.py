@@ -77,6 +77,13 @@ class Conv4(nn.Module):
             h = self.project(h)
         return self.head(h) if self.head is not None else h
 
+    def feature_maps(self, x: Tensor) -> Tensor:
+        """The local descriptors a part-by-part distance compares: x [N, C, H, W] -> [N, C', h, w],
+        the last block's map before its 2x2 max-pool (4 x 4 for 32 x 32 images, 3 x 3 for 28 x 28),
+        or with ``downsample="stride"`` the last block's output."""
+        last_pool = isinstance(self.features[-1], MaxPool2)
+        return self.features[:-1](x) if last_pool else self.features(x)
+
 
 def feature_map_size(cfg: Conv4Config, size: tuple[int, int]) -> tuple[int, int]:
     """(H', W') of the last feature map for (H, W) inputs: each block halves a side, rounding
