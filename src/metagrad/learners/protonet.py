@@ -102,7 +102,7 @@ class ProtoNet(MetricLearner):
 
 @LEARNERS.register("protonet", ProtoNetConfig)
 def make_protonet(hp: ProtoNetConfig, build_model, task) -> ProtoNet:
-    """Prototypical Networks: nearest class mean in a learned embedding (squared Euclidean)."""
+    """Prototypical Networks: nearest class mean in a learned embedding (or part by part over its feature maps)."""
     require_classification("protonet", task)
     net = build_model(None)
     if hp.distance == "local" and not hasattr(net, "feature_maps"):

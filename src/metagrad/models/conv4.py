@@ -80,7 +80,8 @@ class Conv4(nn.Module):
     def feature_maps(self, x: Tensor) -> Tensor:
         """The local descriptors a part-by-part distance compares: x [N, C, H, W] -> [N, C', h, w],
         the last block's map before its 2x2 max-pool (4 x 4 for 32 x 32 images, 3 x 3 for 28 x 28),
-        or with ``downsample="stride"`` the last block's output."""
+        or with ``downsample="stride"`` the last block's output. The projection and the head, which
+        act on pooled features, are not used."""
         last_pool = isinstance(self.features[-1], MaxPool2)
         return self.features[:-1](x) if last_pool else self.features(x)
 
