@@ -66,7 +66,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_its_own_config(tmp_pa
     assert json.loads((out_dir / "config.json").read_text()) == saved
 
 
-def test_resuming_with_another_number_of_processes_says_so(tmp_path, capsys):
+def test_resuming_with_another_number_of_processes_or_task_device_says_so(tmp_path, capsys):
     out_dir = tmp_path / "run"
     assert run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.iterations=20", *TINY)[0] == 0
     state = load_checkpoint(out_dir)
@@ -77,6 +77,11 @@ def test_resuming_with_another_number_of_processes_says_so(tmp_path, capsys):
     assert "warning: this run was trained with 2 processes and resumes with 1" in err
     code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.iterations=40", *TINY)
     assert code == 0 and "warning" not in err  # the checkpoint now records 1
+    save_checkpoint(out_dir / "checkpoint.pt", {**load_checkpoint(out_dir), "task_device": "cuda"})
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.iterations=50", *TINY)
+    assert code == 0, err
+    assert "warning: this run drew its tasks on the cuda and now draws them on the cpu" in err
+    assert "resuming" in err and load_checkpoint(out_dir)["iteration"] == 50
 
 
 def test_the_first_log_window_after_a_resume_averages_only_its_own_iterations(tmp_path, capsys):
@@ -147,6 +152,9 @@ def test_damaged_foreign_and_hostile_checkpoints_are_one_line(tmp_path, capsys):
     assert code == 2 and "do not fit the configured model" in one_line(err)
     code, _, err = run_cli(capsys, "eval", str(out_dir))
     assert code == 2 and "do not fit the configured model" in one_line(err)
+    save_checkpoint(out_dir / "checkpoint.pt", {**state, "optimizer": {"state": {}, "param_groups": []}})
+    code, _, err = run_cli(capsys, "train", "--out", str(out_dir), "--set", "train.iterations=30", *TINY)
+    assert code == 2 and "do not fit the optimizer" in one_line(err)
 
     class Evil:
         def __reduce__(self):

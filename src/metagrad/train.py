@@ -221,45 +221,26 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     cfg, state = _resume_state(cfg, run_dir, ctx, hold)
     tc = cfg.train
     dtype = getattr(torch, tc.dtype)
+    main_log = log if ctx.is_main else (lambda message: None)  # rank 0 speaks for all ranks
     if tc.meta_batch < ctx.world:
         raise ConfigError(f"train.meta_batch={tc.meta_batch} is less than the {ctx.world} processes; use at least one task per process")
 
     train_tasks, val_tasks = build_task(cfg, "train"), build_task(cfg, "val")
-    for note in getattr(train_tasks, "notes", []) if ctx.is_main else []:
-        log(f"  note: {note}")
+    for note in getattr(train_tasks, "notes", []):
+        main_log(f"  note: {note}")
     if device.type == "cpu":
-        probe = train_tasks.sample(1, torch.Generator().manual_seed(0))  # one task: the work's size
-        work = (probe.support_x.numel() + probe.query_x.numel()) * ctx.local_tasks(tc.meta_batch)
-        threads, why = choose_threads(tc.threads, work)
-        torch.set_num_threads(threads)
-        if ctx.is_main:
-            log(f"  CPU threads: {threads} ({why})")
+        _set_threads(tc, train_tasks, ctx, main_log)
     train_tasks, task_device = place_source(train_tasks, device)  # where the meta-batches are drawn
-    if task_device.type != device.type and ctx.is_main:
-        log(f"  tasks: {type(train_tasks).__name__} cannot move to {device} (it has no to(device)); "
+    if task_device.type != device.type:
+        main_log(f"  tasks: {type(train_tasks).__name__} cannot move to {device} (it has no to(device)); "
             f"its tasks are drawn on the CPU and copied to {device} every iteration")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
     task_spec = TaskSpec.of(train_tasks).to_dict()
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
     start, seconds_before = 0, 0.0  # seconds_before: training time of earlier segments of a resumed run
     if state is not None:
-        load_weights(learner, state["learner"], ckpt_path)
-        load_weights(optimizer, state["optimizer"], ckpt_path, "the optimizer")
-        load_weights(scheduler, state["scheduler"], ckpt_path, "the learning-rate schedule")
-        start = int(state["iteration"])
-        seconds_before = float(state.get("train_seconds", 0.0))
-        if ctx.is_main:
-            log(f"resuming {run_dir} from iteration {start}")
-            if state.get("world_size", 1) != ctx.world:
-                log(f"warning: this run was trained with {state.get('world_size', 1)} processes and resumes with "
-                    f"{ctx.world}: it continues correctly, but from iteration {start} on it draws other tasks than "
-                    "an uninterrupted run would (not bit-identical)")
-            if state.get("task_device", "cpu") != task_device.type:
-                log(f"warning: this run drew its tasks on the {state.get('task_device', 'cpu')} and now draws them on "
-                    f"the {task_device.type}, whose random stream differs: from iteration {start} on it draws other "
-                    "tasks than an uninterrupted run would (not bit-identical)")
-    step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile,
-                    log=log if ctx.is_main else (lambda message: None))
+        start, seconds_before = _restore(state, (learner, optimizer, scheduler), ckpt_path, ctx, task_device, main_log)
+    step = MetaStep(learner, optimizer, tc.task_chunk, tc.grad_clip, ctx, tc.compile, log=main_log)
 
     saved_at = [start if state is not None else None]
 
@@ -305,7 +286,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
     logged = start  # the iteration of the last train log row (a resume starts a shorter window)
     try:
-        with stop_at_iteration_end(log if ctx.is_main else (lambda message: None)) as stop_requested:
+        with stop_at_iteration_end(main_log) as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
             for iteration in range(start, tc.iterations):
                 t_step = time.perf_counter()
@@ -354,6 +335,48 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     train_seconds = seconds_before + time.time() - t0
 
     validate(tc.iterations)
+    timing = {
+        "resumed_from": start,
+        "train_seconds": round(train_seconds, 2),  # all segments, validation included
+        "iterations_per_second": round((tc.iterations - start) / step_seconds, 3) if step_seconds else None,
+    }
+    return _test_and_report(cfg, learner, run_dir, ctx, device, dtype, progress, logger, timing)
+
+
+def _set_threads(tc: TrainConfig, train_tasks, ctx: DistContext, log) -> None:
+    """Set torch's CPU threads for this run from ``train.threads`` and the size of one meta-batch."""
+    probe = train_tasks.sample(1, torch.Generator().manual_seed(0))  # one task: the work's size
+    work = (probe.support_x.numel() + probe.query_x.numel()) * ctx.local_tasks(tc.meta_batch)
+    threads, why = choose_threads(tc.threads, work)
+    torch.set_num_threads(threads)
+    log(f"  CPU threads: {threads} ({why})")
+
+
+def _restore(state: dict, parts: tuple, ckpt_path: Path, ctx: DistContext, task_device: torch.device,
+             log) -> tuple[int, float]:
+    """Load a checkpoint's (learner, optimizer, scheduler) states into ``parts`` and warn where the
+    resumed run cannot draw the tasks an uninterrupted one would. Returns (iteration, train seconds)."""
+    for part, key, what in zip(parts, ("learner", "optimizer", "scheduler"),
+                               ("the configured model", "the optimizer", "the learning-rate schedule")):
+        load_weights(part, state[key], ckpt_path, what)
+    start = int(state["iteration"])
+    log(f"resuming {ckpt_path.parent} from iteration {start}")
+    if state.get("world_size", 1) != ctx.world:
+        log(f"warning: this run was trained with {state.get('world_size', 1)} processes and resumes with "
+            f"{ctx.world}: it continues correctly, but from iteration {start} on it draws other tasks than "
+            "an uninterrupted run would (not bit-identical)")
+    if state.get("task_device", "cpu") != task_device.type:
+        log(f"warning: this run drew its tasks on the {state.get('task_device', 'cpu')} and now draws them on "
+            f"the {task_device.type}, whose random stream differs: from iteration {start} on it draws other "
+            "tasks than an uninterrupted run would (not bit-identical)")
+    return start, float(state.get("train_seconds", 0.0))
+
+
+def _test_and_report(cfg: Config, learner: MetaLearner, run_dir: Path, ctx: DistContext, device: torch.device,
+                     dtype: torch.dtype, progress: bool, logger: MetricLogger | None, timing: dict) -> dict:
+    """Evaluate the trained learner on ``train.test_tasks`` test tasks; rank 0 logs the estimates,
+    writes report.json and the run's plots. Returns the report on every rank."""
+    tc = cfg.train
     test_tasks = build_task(cfg, "test")
     est = evaluate(learner, test_tasks, tc.test_tasks, TEST_SEED, tc.eval_batch, device, dtype, ctx, progress,
                    tc.eval_chunk)
@@ -361,9 +384,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         "run_dir": str(run_dir),
         "preset": cfg.preset,
         "iterations": tc.iterations,
-        "resumed_from": start,
-        "train_seconds": round(train_seconds, 2),  # all segments, validation included
-        "iterations_per_second": round((tc.iterations - start) / step_seconds, 3) if step_seconds else None,
+        **timing,
         "device": str(device),
         "world_size": ctx.world,
         "headline": learner.headline,
