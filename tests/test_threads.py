@@ -64,3 +64,20 @@ def test_train_threads_overrides_and_the_run_says_so(tmp_path, monkeypatch):
     assert "  CPU threads: 2 (train.threads)" in lines
     assert during == [2, 2]  # the meta-steps ran with the chosen threads
     assert torch.get_num_threads() == before  # restored when the run ends
+
+
+def test_eval_applies_train_threads_too_and_restores_torch(tmp_path, monkeypatch, capsys):
+    import metagrad.evaluation
+    from metagrad.cli import main
+
+    train(load_config("sine-quick", ["train.iterations=2", "train.test_tasks=4"]), tmp_path / "r", progress=False,
+          log=lambda message: None)
+    before, during = torch.get_num_threads(), []
+    real_evaluate = metagrad.evaluation.evaluate
+    monkeypatch.setattr(metagrad.evaluation, "evaluate",
+                        lambda *a, **k: during.append(torch.get_num_threads()) or real_evaluate(*a, **k))
+    assert main(["eval", str(tmp_path / "r"), "--episodes", "4", "--set", "train.threads=3", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "  CPU threads: 3 (train.threads)" in out.err.splitlines()
+    assert during == [3]  # the evaluation ran with the chosen threads
+    assert torch.get_num_threads() == before  # restored afterwards

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from .errors import MetagradError
@@ -106,8 +107,14 @@ def cmd_eval(args) -> int:
     dtype = getattr(torch, cfg.train.dtype)
     learner.to(device, dtype)
     tasks = build_task(cfg, args.split)
-    est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device, dtype,
-                   progress=True, chunk=cfg.train.eval_chunk)
+    with ExitStack() as threads_set:
+        if device.type == "cpu":
+            from .threads import use_threads
+
+            threads, why = threads_set.enter_context(use_threads(cfg.train.threads, tasks, cfg.train.eval_batch))
+            print(f"  CPU threads: {threads} ({why})", file=sys.stderr)
+        est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device,
+                       dtype, progress=True, chunk=cfg.train.eval_chunk)
     iterations = [s["iteration"] for _, _, s in runs]
     result = {
         "checkpoint": args.run[0] if len(runs) == 1 else args.run,

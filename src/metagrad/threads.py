@@ -13,12 +13,14 @@ operator that enters the thread pool waits for the other threads to be scheduled
 * otherwise the usable CPUs not already busy (1-minute load average), at least one.
 
 ``train.threads = N`` (or the environment variable ``OMP_NUM_THREADS``) overrides the choice.
+``metagrad train`` and ``metagrad eval`` both apply it (``use_threads``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 #: per-meta-batch input values below which one thread is used (sine: 500; Omniglot 5w1s: ~2e6)
@@ -62,3 +64,22 @@ def choose_threads(requested: int, work: int, usable: int | None = None, load: f
     load = os.getloadavg()[0] if load is None and hasattr(os, "getloadavg") else (load or 0.0)
     free = max(1, min(usable, round(usable - load)))
     return free, f"{usable} usable CPU{'s' if usable != 1 else ''}, load {load:.1f}"
+
+
+
+@contextmanager
+def use_threads(requested: int, tasks, tasks_per_call: int):
+    """Within the block, torch uses the threads ``choose_threads`` picks for calls on
+    ``tasks_per_call`` tasks of the task source ``tasks`` (one task is drawn to measure its
+    support and query values); torch's former count is restored after it. Yields (threads, why)."""
+    import torch
+
+    probe = tasks.sample(1, torch.Generator().manual_seed(0))
+    work = (probe.support_x.numel() + probe.query_x.numel()) * tasks_per_call
+    threads, why = choose_threads(requested, work)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads, why
+    finally:
+        torch.set_num_threads(before)

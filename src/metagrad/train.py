@@ -40,7 +40,7 @@ from .logger import MetricLogger
 from .rundir import locked
 from .step import MetaStep
 from .tasks.batch import TaskBatch, TaskSpec, place_source
-from .threads import choose_threads
+from .threads import use_threads
 
 VAL_SEED = 1001
 TEST_SEED = 2002
@@ -171,12 +171,8 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, log=print) -> dict:
     writes ``run_dir`` and sends the run's config and checkpoint to the other ranks.
     Returns the report: final test-set estimates per evaluation key, timing and paths.
     """
-    threads = torch.get_num_threads()
-    try:
-        with process_group(resolve_device(cfg.train.device)) as (ctx, device), ExitStack() as hold:
-            return _train(cfg, Path(run_dir), ctx, device, progress, log, hold)
-    finally:
-        torch.set_num_threads(threads)  # the run's choice (threads.py) ends with it
+    with process_group(resolve_device(cfg.train.device)) as (ctx, device), ExitStack() as hold:
+        return _train(cfg, Path(run_dir), ctx, device, progress, log, hold)
 
 
 def saved_config(run_dir: Path) -> dict | None:
@@ -229,7 +225,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     for note in getattr(train_tasks, "notes", []):
         main_log(f"  note: {note}")
     if device.type == "cpu":
-        _set_threads(tc, train_tasks, ctx, main_log)
+        threads, why = hold.enter_context(use_threads(tc.threads, train_tasks, ctx.local_tasks(tc.meta_batch)))
+        main_log(f"  CPU threads: {threads} ({why})")
     train_tasks, task_device = place_source(train_tasks, device)  # where the meta-batches are drawn
     if task_device.type != device.type:
         main_log(f"  tasks: {type(train_tasks).__name__} cannot move to {device} (it has no to(device)); "
@@ -341,15 +338,6 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
         "iterations_per_second": round((tc.iterations - start) / step_seconds, 3) if step_seconds else None,
     }
     return _test_and_report(cfg, learner, run_dir, ctx, device, dtype, progress, logger, timing)
-
-
-def _set_threads(tc: TrainConfig, train_tasks, ctx: DistContext, log) -> None:
-    """Set torch's CPU threads for this run from ``train.threads`` and the size of one meta-batch."""
-    probe = train_tasks.sample(1, torch.Generator().manual_seed(0))  # one task: the work's size
-    work = (probe.support_x.numel() + probe.query_x.numel()) * ctx.local_tasks(tc.meta_batch)
-    threads, why = choose_threads(tc.threads, work)
-    torch.set_num_threads(threads)
-    log(f"  CPU threads: {threads} ({why})")
 
 
 def _restore(state: dict, parts: tuple, ckpt_path: Path, ctx: DistContext, task_device: torch.device,
