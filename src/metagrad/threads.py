@@ -66,7 +66,6 @@ def choose_threads(requested: int, work: int, usable: int | None = None, load: f
     return free, f"{usable} usable CPU{'s' if usable != 1 else ''}, load {load:.1f}"
 
 
-
 @contextmanager
 def use_threads(requested: int, tasks, tasks_per_call: int):
     """Within the block, torch uses the threads ``choose_threads`` picks for calls on

@@ -230,7 +230,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
     train_tasks, task_device = place_source(train_tasks, device)  # where the meta-batches are drawn
     if task_device.type != device.type:
         main_log(f"  tasks: {type(train_tasks).__name__} cannot move to {device} (it has no to(device)); "
-            f"its tasks are drawn on the CPU and copied to {device} every iteration")
+                 f"its tasks are drawn on the CPU and copied to {device} every iteration")
     learner = build_learner(cfg, train_tasks).to(device, dtype)
     task_spec = TaskSpec.of(train_tasks).to_dict()
     optimizer, scheduler = make_optimizer(tc, learner.parameters())
