@@ -309,22 +309,3 @@ def test_a_protonet_run_evaluates_as_knn_on_its_embedding(tmp_path, shared_data,
     assert accuracy(*knn) == pytest.approx(accuracy(), abs=1e-9)
     # and the override does take effect: with 3 shots, nearest neighbour and nearest prototype differ
     assert accuracy(*knn, "task.eval_shots=3") != pytest.approx(accuracy("task.eval_shots=3"), abs=1e-9)
-
-
-def test_prototype_attention_starts_as_protonet_and_adapts_the_prototypes_by_its_formula():
-    torch.manual_seed(0)
-    learner = ProtoNet(nn.Identity(), "vmap", attention_dim=8).double()
-    zs, zq = torch.randn(2, 5, 8, dtype=torch.double), torch.randn(2, 7, 8, dtype=torch.double)
-    ys = torch.arange(5).repeat(2, 1)
-    torch.testing.assert_close(learner.classify(zs, ys, zq), prototype_logits(zs, ys, zq))  # gate 0
-    with torch.no_grad():
-        learner.attention.gate.fill_(0.5)
-    a = learner.attention
-    wq, wk, wv = a.qkv.weight.chunk(3, 0)
-    c = zs  # one shot: each prototype is its support embedding
-    attn = torch.softmax((c @ wq.T) @ (c @ wk.T).transpose(1, 2) / 8 ** 0.5, -1)
-    adapted = c + 0.5 * (attn @ (c @ wv.T)) @ a.out.weight.T
-    torch.testing.assert_close(learner.classify(zs, ys, zq), prototype_logits(adapted, ys, zq))
-    with pytest.raises(ConfigError, match="learner.prototype_attention adapts pooled prototypes"):
-        make_protonet(ProtoNetConfig(distance="local", prototype_attention=True), lambda n_outputs: conv_net(),
-                      type("Task", (), {"kind": "classification", "input_shape": (1, 12, 12)})())

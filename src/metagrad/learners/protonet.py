@@ -22,15 +22,6 @@ network's last feature map before its pooling (``feature_maps``, e.g. 4 x 4 at 3
 each query descriptor matched to the nearest descriptor of the class's support images within
 ``radius`` r positions (Chebyshev; r at least the map's side: anywhere) and each support
 descriptor to the nearest query descriptor; logits_k(x) = −d(x, k).
-
-``prototype_attention = true`` adapts a task's prototypes to each other before the queries are
-compared with them (FEAT's set-to-set function, Ye et al. 2020; support images only, so each
-query is still classified by itself): with C = [c_1 .. c_N] [N, D],
-
-    C' = C + g · softmax(C W_q (C W_k)ᵀ / √D) C W_v W_o,
-
-one attention head over the task's N prototypes and a learned gate g that starts at 0, so that a
-fresh learner is exactly a Prototypical Network (FEAT adds a LayerNorm instead of the gate).
 """
 
 from __future__ import annotations
@@ -43,7 +34,6 @@ from torch import Tensor, nn
 
 from ..config import choice, nonnegative
 from ..errors import ConfigError
-from ..models.embed import feature_dim
 from ..registry import LEARNERS
 from .metric import MetricConfig, MetricLearner, n_ways, one_hot, require_classification
 
@@ -55,7 +45,6 @@ class ProtoNetConfig(MetricConfig):
     # "euclidean": squared distance of pooled embeddings to class means; "local": part by part
     distance: str = choice("euclidean", ("euclidean", "local"))
     radius: int = nonnegative(1)  # "local": how many positions a descriptor may move to find its match
-    prototype_attention: bool = False  # adapt the task's prototypes to each other (FEAT); "euclidean" only
 
 
 def prototypes(zs: Tensor, support_y: Tensor) -> Tensor:
@@ -93,33 +82,14 @@ def local_distances(fs: Tensor, support_y: Tensor, fq: Tensor, radius: int) -> T
     return (query_to_class + class_to_query) / 2
 
 
-class PrototypeAttention(nn.Module):
-    """C' = C + g · Attn(C): one attention head over a task's prototypes, gate g = 0 at first.
-    prototypes [B, N, D] -> [B, N, D]."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-        self.gate = nn.Parameter(torch.zeros(()))
-
-    def forward(self, c: Tensor) -> Tensor:
-        q, k, v = self.qkv(c).chunk(3, -1)
-        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c.shape[-1]), -1)  # [B, N, N]
-        return c + self.gate * self.out(attn @ v)
-
-
 class ProtoNet(MetricLearner):
     """Prototypical Networks over any embedding network (Conv-4 without a head by default);
     with ``distance="local"`` over its feature maps (the network must have ``feature_maps``)."""
 
     def __init__(self, net: nn.Module, executor: str, transductive: bool = True, distance: str = "euclidean",
-                 radius: int = 1, attention_dim: int = 0):
-        """attention_dim: the embedding width D, to adapt the prototypes by ``PrototypeAttention``
-        (0: no adaptation)."""
+                 radius: int = 1):
         super().__init__(net, executor, transductive)
         self.distance, self.radius = distance, radius
-        self.attention = PrototypeAttention(attention_dim) if attention_dim else None
 
     def encode(self, x: Tensor) -> Tensor:
         return self.net.feature_maps(x) if self.distance == "local" else self.net(x)
@@ -127,8 +97,7 @@ class ProtoNet(MetricLearner):
     def classify(self, zs: Tensor, support_y: Tensor, zq: Tensor) -> Tensor:
         if self.distance == "local":
             return -local_distances(zs, support_y, zq, self.radius)
-        c = prototypes(zs, support_y)
-        return -squared_distances(zq, c if self.attention is None else self.attention(c))
+        return prototype_logits(zs, support_y, zq)
 
 
 @LEARNERS.register("protonet", ProtoNetConfig)
@@ -139,8 +108,4 @@ def make_protonet(hp: ProtoNetConfig, build_model, task) -> ProtoNet:
     if hp.distance == "local" and not hasattr(net, "feature_maps"):
         raise ConfigError(f"learner.distance='local' compares feature maps; the model ({type(net).__name__}) "
                           "gives none (allowed: a model with feature maps, e.g. model.name='conv4')")
-    if hp.prototype_attention and hp.distance != "euclidean":
-        raise ConfigError(f"learner.prototype_attention adapts pooled prototypes; learner.distance={hp.distance!r} "
-                          "has none (allowed with it: learner.distance='euclidean')")
-    dim = feature_dim(net, task.input_shape) if hp.prototype_attention else 0
-    return ProtoNet(net, hp.executor, hp.transductive, hp.distance, hp.radius, dim)
+    return ProtoNet(net, hp.executor, hp.transductive, hp.distance, hp.radius)
