@@ -93,7 +93,7 @@ class Reptile(FunctionalLearner):
                 self.register_buffer("sum_" + _state_key(hp.inner_optimizer, part, name),
                                      torch.zeros_like(template[part][name]), persistent=False)
             self.register_buffer(f"inner_{hp.inner_optimizer}_steps", torch.zeros((), dtype=torch.long))
-            self.register_buffer("sum_tasks", torch.zeros(()), persistent=False)
+            self.register_buffer("sum_tasks", torch.zeros((), dtype=torch.long), persistent=False)
 
     def _buffer(self, part: str, name: str, prefix: str = "") -> Tensor:
         return getattr(self, prefix + _state_key(self.hp.inner_optimizer, part, name))
