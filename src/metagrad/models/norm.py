@@ -50,7 +50,7 @@ class BatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         rows = _statistics_rows
         # compiled on the CPU, inductor's fused float32 kernel for these statistics loses digits on
-        # line drawings' feature maps (1e-5 relative instead of 3e-7; meta-gradients 0.4-2 % off):
+        # line drawings' feature maps (1e-5 relative instead of 3e-7; meta-gradients 0.3-2 % off):
         # accumulating them in float64 there costs no measurable time (docs/performance.md)
         acc = torch.float64 if torch.compiler.is_compiling() and x.is_cpu and x.dtype == torch.float32 else None
         centered = x - (x if rows is None else x[:rows]).mean(dim=dims, keepdim=True, dtype=acc).to(x.dtype)
