@@ -14,7 +14,6 @@ import torch
 
 from metagrad.build import build_learner, build_task
 from metagrad.config import load_config
-from metagrad.tasks import TaskBatch
 
 
 def main() -> None:
@@ -39,9 +38,7 @@ def main() -> None:
     runs = {"eager float32": loss_and_grad(learner.meta_loss, batch),
             "compiled float32": loss_and_grad(torch.compile(learner.meta_loss), batch)}
     learner.double()
-    as64 = TaskBatch(*(t.double() if t.is_floating_point() else t
-                       for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
-    loss64, g64 = loss_and_grad(learner.meta_loss, as64)
+    loss64, g64 = loss_and_grad(learner.meta_loss, batch.to(dtype=torch.float64))
     flat64 = torch.cat([g.flatten() for g in g64])
     print(f"float64 eager: loss {loss64:.7f}")
     for name, (loss, g) in runs.items():

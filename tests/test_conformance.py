@@ -86,11 +86,6 @@ def sample(task, tasks: int = 4, seed: int = 0) -> TaskBatch:
     return task.sample(tasks, torch.Generator().manual_seed(seed))
 
 
-def as_float64(batch: TaskBatch) -> TaskBatch:
-    return TaskBatch(*(t.double() if t.is_floating_point() else t
-                       for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
-
-
 def trainable(learner) -> dict[str, torch.Tensor]:
     return {k: p for k, p in learner.named_parameters() if p.requires_grad}
 
@@ -184,7 +179,7 @@ def test_compiled_meta_step_equals_the_eager_one(name):
         step = MetaStep(learner, opt, backend="aot_eager" if compiled else None, log=logs.append)
         for it in range(2):
             torch.manual_seed(it)
-            step(as_float64(sample(task, seed=it)), 4)
+            step(sample(task, seed=it).to(dtype=torch.float64), 4)
         if compiled:
             assert step.objective.frames == 2, f"{name}: the loop did not run the compiled objective"
             want = "with graph breaks" if learner.compile_break else "whole graph"
