@@ -10,8 +10,8 @@ from torch import nn
 
 from metagrad.build import build_task
 from metagrad.cli import main
-from metagrad.ensemble import Ensemble, check_members
-from metagrad.errors import ConfigError
+from metagrad.ensemble import Ensemble, SameEpisodes, check_members
+from metagrad.errors import ConfigError, DataError
 from metagrad.evaluation import evaluate
 from metagrad.tasks import TaskBatch
 from metagrad.train import TEST_SEED, load_run
@@ -66,8 +66,9 @@ def test_members_must_be_distinct_classifiers_on_the_same_task_settings():
 
     clf = SimpleNamespace(kind="classification")
     check_members(["r1", "r2"], [cfg(), cfg(data_dir="/elsewhere", cache_dir="/c")], [clf, clf])  # storage may differ
-    with pytest.raises(ConfigError, match=r"r2 has task.image_size=56 but r1 has 28; .*\(--set task.image_size=VALUE applies to every run\)"):
-        check_members(["r1", "r2"], [cfg(), cfg(image_size=56)], [clf, clf])
+    check_members(["r1", "r2"], [cfg(), cfg(image_size=56, crop="ink")], [clf, clf])  # so may how images are drawn
+    with pytest.raises(ConfigError, match=r"r2 has task.ways=20 but r1 has None; .*\(--set task.ways=VALUE applies to every run\)"):
+        check_members(["r1", "r2"], [cfg(), cfg(ways=20)], [clf, clf])
     with pytest.raises(ConfigError, match="r1 is given twice"):
         check_members(["r1", "r1"], [cfg(), cfg()], [clf, clf])
     with pytest.raises(ConfigError, match="write ./ensemble"):
@@ -119,3 +120,49 @@ def test_cli_evaluates_runs_alone_and_as_an_ensemble(tmp_path, shared_data, omni
     assert main(["eval", runs[0], other, "--episodes", "4"]) == 2
     err = capsys.readouterr().err
     assert f"{other} has task.queries=2" in err and err.count("\n") == 1
+
+
+def test_runs_trained_at_other_image_sizes_are_scored_on_the_same_tasks(tmp_path, shared_data, omniglot_cache, capsys):
+    sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=3", "train.eval_tasks=4", "train.test_tasks=4",
+            "model.channels=8", "model.blocks=3"]
+    runs = {}
+    for size, crop in ((14, "none"), (16, "ink"), (14, "none")):
+        runs[f"{size}{crop}{len(runs)}"] = run = str(tmp_path / f"run{len(runs)}")
+        argv = ["train", "--preset", "protonet-quick", "--out", run, "--quiet", "--set", f"task.image_size={size}",
+                "--set", f"task.crop={crop}", "--set", f"train.seed={len(runs)}"]
+        assert main([*argv, *[a for s in sets for a in ("--set", s)]]) == 0
+    capsys.readouterr()
+    names = list(runs.values())
+
+    assert main(["eval", *names, "--episodes", "20", "--json"]) == 0
+    scores = {r["setting"]: r["mean"] for r in json.loads(capsys.readouterr().out)["results"]}
+    for run in names:  # each member, 14 or 16 px, scores exactly as in its own evaluation: the same tasks, its own images
+        assert main(["eval", run, "--episodes", "20", "--json"]) == 0
+        assert scores[run] == pytest.approx(json.loads(capsys.readouterr().out)["mean"], abs=1e-12)
+    members = [load_run(run) for run in names]
+    batches = [build_task(cfg, "test").sample(20, torch.Generator().manual_seed(TEST_SEED)) for cfg, _, _ in members]
+    assert batches[0].support_x.shape[-1] == 14 and batches[1].support_x.shape[-1] == 16
+    assert torch.equal(batches[0].query_y, batches[1].query_y)
+    with torch.no_grad():
+        logits = [learner.eval().eval_predictions(b)[learner.headline] for (_, learner, _), b in zip(members, batches)]
+    summed = sum(x.log_softmax(-1) for x in logits)
+    accuracy = (summed.argmax(-1) == batches[0].query_y).double().mean().item()
+    assert scores["ensemble"] == pytest.approx(accuracy, abs=1e-6)
+    with torch.no_grad():  # so the rows above show which images each member read: the 16 px one scores 14 px images otherwise
+        assert not torch.allclose(members[1][1].eval_predictions(batches[0])[members[1][1].headline], logits[1])
+
+
+def test_sources_that_draw_other_tasks_are_refused():
+    def source(offset):
+        def sample(n, generator):
+            y = (torch.randint(3, (n, 3), generator=generator) + offset) % 3
+            return TaskBatch(torch.zeros(n, 3, 1), y, torch.zeros(n, 3, 1), y)
+        return SimpleNamespace(sample=sample, query_views=1)
+
+    drawn = SameEpisodes([source(0), source(0)]).sample(4, torch.Generator().manual_seed(1))
+    assert len(drawn) == 4 and torch.equal(drawn.parts[0].query_y, drawn.parts[1].query_y)
+    assert torch.equal(drawn[1:3].to(dtype=torch.float64).query_y, drawn.parts[0].query_y[1:3])
+    with pytest.raises(DataError, match="do not draw the same tasks"):
+        SameEpisodes([source(0), source(1)]).sample(4, torch.Generator().manual_seed(1))
+    with pytest.raises(ConfigError, match=r"\[1, 9\] views"):
+        SameEpisodes([source(0), SimpleNamespace(sample=None, query_views=9)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -94,24 +95,28 @@ def cmd_eval(args) -> int:
     from .train import TEST_SEED, load_run, resolve_device
 
     runs = [load_run(run, list(args.set or [])) for run in args.run]
-    cfg, learner, _ = runs[0]
+    cfgs = [_with_data_dir(c, args) for c, _, _ in runs]
+    cfg, learner, drawing = cfgs[0], runs[0][1], [0]
     if len(runs) > 1:  # an ensemble: the tasks of the first run, every member scored on them
-        from .ensemble import Ensemble, check_members
+        from .ensemble import Ensemble, SameEpisodes, check_members, drawing_groups
 
-        check_members(args.run, [c for c, _, _ in runs], [m for _, m, _ in runs])
-        learner = Ensemble(args.run, [m for _, m, _ in runs])
-    cfg = _with_data_dir(cfg, args)
+        check_members(args.run, cfgs, [m for _, m, _ in runs])
+        drawing = drawing_groups(cfgs)
+        learner = Ensemble(args.run, [m for _, m, _ in runs], drawing)
+    # one source per way of drawing the images (e.g. 32 and 64 px members): the same tasks, each drawn as its member was trained
+    sources = [build_task(cfgs[drawing.index(d)], args.split) for d in range(max(drawing) + 1)]
+    tasks = sources[0] if len(sources) == 1 else SameEpisodes(sources)
+    probe = max(sources, key=lambda s: math.prod(s.input_shape))  # the largest images decide the threads
     device = resolve_device(cfg.train.device)
     import torch
 
     dtype = getattr(torch, cfg.train.dtype)
     learner.to(device, dtype)
-    tasks = build_task(cfg, args.split)
     with ExitStack() as threads_set:
         if device.type == "cpu":
             from .threads import use_threads
 
-            threads, why = threads_set.enter_context(use_threads(cfg.train.threads, tasks, cfg.train.eval_batch))
+            threads, why = threads_set.enter_context(use_threads(cfg.train.threads, probe, cfg.train.eval_batch))
             print(f"  CPU threads: {threads} ({why})", file=sys.stderr)
         est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device,
                        dtype, progress=True, chunk=cfg.train.eval_chunk)
@@ -265,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (mean ± 95%% CI)")
     p.add_argument("run", nargs="+", help="run directory or checkpoint file; several classification runs are also "
-                                          "scored as an ensemble (their log-probabilities summed, on the first run's tasks; "
-                                          "with three or more, also the ensembles of the first 2, 3, ...)")
+                                          "scored as an ensemble (their log-probabilities summed, on the first run's tasks, each run's "
+                                          "images at its own task.image_size and task.crop; with three or more, also the "
+                                          "ensembles of the first 2, 3, ...)")
     p.add_argument("--episodes", type=int, help="number of held-out tasks (default: the run's train.test_tasks, 600)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-dir", help="dataset directory, if it moved since training")

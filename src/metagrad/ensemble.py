@@ -5,18 +5,26 @@ log-probabilities, log softmax(logits_m) [B, Q, N], over the members m (with sev
 query, ``evaluate`` then sums over the views too). With three runs or more it also scores the
 ensembles of the first 2, 3, ... runs on the same queries, so one evaluation shows what each added
 member buys. The test tasks come from the first run's config;
-every member must have been trained on the same task settings (only where the data are stored
-may differ), so that all of them read the images as they were trained to.
+every member must have been trained on the same task settings, except where the data are stored
+and how each image is drawn (``DRAWING_KEYS``: e.g. a 32 px and a 64 px network). Members that
+differ in those read the same tasks drawn their own way (:class:`SameEpisodes`), so every member
+sees the images as it was trained to.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .tasks.batch import TaskBatch
 
 #: task settings that say where the data are kept, not what a task is: they may differ between members
 LOCATION_KEYS = ("data_dir", "cache_dir", "download")
+#: task settings that decide only how each image is drawn in pixels, not which images a task holds
+DRAWING_KEYS = ("image_size", "crop")
 
 
 def check_members(names: list[str], cfgs: list, learners: list) -> None:
@@ -39,8 +47,65 @@ def check_members(names: list[str], cfgs: list, learners: list) -> None:
 
 
 def task_settings(cfg) -> dict:
-    """The task section of a run's config that fixes what its tasks are (LOCATION_KEYS left out)."""
-    return {key: value for key, value in cfg.to_dict()["task"].items() if key not in LOCATION_KEYS}
+    """The task section of a run's config that fixes what its tasks are (LOCATION_KEYS and DRAWING_KEYS left out)."""
+    return {key: value for key, value in cfg.to_dict()["task"].items() if key not in LOCATION_KEYS + DRAWING_KEYS}
+
+
+def drawing_groups(cfgs: list) -> list[int]:
+    """For each run, the index of its drawing (its ``DRAWING_KEYS`` values) among the distinct
+    drawings in order of first appearance: [0, 0, 1] for two 32 px runs and a 64 px one."""
+    seen: dict[tuple, int] = {}
+    drawing = [tuple(cfg.to_dict()["task"].get(key) for key in DRAWING_KEYS) for cfg in cfgs]
+    return [seen.setdefault(d, len(seen)) for d in drawing]
+
+
+@dataclass
+class Drawings:
+    """The same B tasks drawn in several ways (e.g. image sizes): ``parts[d]`` is a TaskBatch.
+    Indexing, ``to`` and the labels behave as a TaskBatch's, so ``evaluation.evaluate`` scores it as one."""
+
+    parts: list[TaskBatch]
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, index) -> "Drawings":
+        return Drawings([p[index] for p in self.parts])
+
+    def to(self, device=None, dtype=None) -> "Drawings":
+        return Drawings([p.to(device, dtype) for p in self.parts])
+
+    @property
+    def query_y(self) -> Tensor:
+        return self.parts[0].query_y
+
+
+class SameEpisodes:
+    """A task source made of several sources that differ only in how they draw images: each
+    ``sample`` lets every source draw from the same generator state and returns their batches
+    as one :class:`Drawings`. It raises DataError unless all of them drew the same labels and
+    used the same random numbers (so the same tasks)."""
+
+    kind = "classification"
+
+    def __init__(self, sources: list):
+        views = {getattr(s, "query_views", 1) for s in sources}
+        if len(views) > 1:
+            raise ConfigError(f"the runs give each query in {sorted(views)} views; an ensemble needs one number of views")
+        self.sources, self.query_views = sources, views.pop()
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Drawings:
+        start, parts, ends = generator.get_state(), [], []
+        for source in self.sources:
+            generator.set_state(start)
+            parts.append(source.sample(batch_size, generator))
+            ends.append(generator.get_state())
+        first = parts[0]
+        for part, end in zip(parts[1:], ends[1:]):
+            if not (torch.equal(end, ends[0]) and torch.equal(part.support_y, first.support_y)
+                    and torch.equal(part.query_y, first.query_y)):
+                raise DataError("the runs' task sources do not draw the same tasks from one seed, so they cannot be ensembled")
+        return Drawings(parts)
 
 
 class Ensemble(nn.Module):
@@ -52,9 +117,12 @@ class Ensemble(nn.Module):
     headline = "ensemble"
     trained_setting = None
 
-    def __init__(self, names: list[str], learners: list):
+    def __init__(self, names: list[str], learners: list, drawing: list[int] | None = None):
+        """``drawing[m]``: which part of a :class:`Drawings` batch member m reads (default: a plain
+        TaskBatch that every member reads)."""
         super().__init__()
         self.names, self.members = list(names), nn.ModuleList(learners)
+        self.drawing = list(drawing) if drawing is not None else [0] * len(self.names)
 
     @classmethod
     def row_names(cls, members: int) -> list[str]:
@@ -63,8 +131,8 @@ class Ensemble(nn.Module):
 
     def eval_predictions(self, batch) -> dict[str, Tensor]:
         out = {}
-        for name, member in zip(self.names, self.members):
-            logits = member.eval_predictions(batch)[member.headline]
+        for name, member, d in zip(self.names, self.members, self.drawing):
+            logits = member.eval_predictions(batch.parts[d] if isinstance(batch, Drawings) else batch)[member.headline]
             if isinstance(logits, tuple):  # scored against its own targets: nothing to sum
                 raise ConfigError(f"{name}: its learner scores queries against its own targets, so it cannot be ensembled")
             out[name] = logits
