@@ -10,7 +10,7 @@ from torch import nn
 
 from metagrad.build import build_task
 from metagrad.cli import main
-from metagrad.ensemble import Ensemble, SameEpisodes, check_members
+from metagrad.ensemble import Ensemble, SameEpisodes, check_members, eval_chunk
 from metagrad.errors import ConfigError, DataError
 from metagrad.evaluation import evaluate
 from metagrad.tasks import TaskBatch
@@ -166,3 +166,11 @@ def test_sources_that_draw_other_tasks_are_refused():
         SameEpisodes([source(0), source(1)]).sample(4, torch.Generator().manual_seed(1))
     with pytest.raises(ConfigError, match=r"\[1, 9\] views"):
         SameEpisodes([source(0), SimpleNamespace(sample=None, query_views=9)])
+
+
+def test_an_ensemble_is_scored_in_its_members_smallest_chunks():
+    def cfg(chunk):
+        return SimpleNamespace(train=SimpleNamespace(eval_chunk=chunk))
+
+    assert eval_chunk([cfg(10), cfg(2), cfg(0)]) == 2  # the 64 px member's 2, wherever it stands
+    assert eval_chunk([cfg(0), cfg(5)]) == 5 and eval_chunk([cfg(0), cfg(0)]) == 0  # 0: the whole draw

@@ -96,12 +96,12 @@ def cmd_eval(args) -> int:
 
     runs = [load_run(run, list(args.set or [])) for run in args.run]
     cfgs = [_with_data_dir(c, args) for c, _, _ in runs]
-    cfg, learner, drawing = cfgs[0], runs[0][1], [0]
+    cfg, learner, drawing, chunk = cfgs[0], runs[0][1], [0], cfgs[0].train.eval_chunk
     if len(runs) > 1:  # an ensemble: the tasks of the first run, every member scored on them
-        from .ensemble import Ensemble, SameEpisodes, check_members, drawing_groups
+        from .ensemble import Ensemble, SameEpisodes, check_members, drawing_groups, eval_chunk
 
         check_members(args.run, cfgs, [m for _, m, _ in runs])
-        drawing = drawing_groups(cfgs)
+        drawing, chunk = drawing_groups(cfgs), eval_chunk(cfgs)
         learner = Ensemble(args.run, [m for _, m, _ in runs], drawing)
     # one source per way of drawing the images (e.g. 32 and 64 px members): the same tasks, each drawn as its member was trained
     sources = [build_task(cfgs[drawing.index(d)], args.split) for d in range(max(drawing) + 1)]
@@ -119,7 +119,7 @@ def cmd_eval(args) -> int:
             threads, why = threads_set.enter_context(use_threads(cfg.train.threads, probe, cfg.train.eval_batch))
             print(f"  CPU threads: {threads} ({why})", file=sys.stderr)
         est = evaluate(learner, tasks, args.episodes or cfg.train.test_tasks, TEST_SEED, cfg.train.eval_batch, device,
-                       dtype, progress=True, chunk=cfg.train.eval_chunk)
+                       dtype, progress=True, chunk=chunk)
     iterations = [s["iteration"] for _, _, s in runs]
     result = {
         "checkpoint": args.run[0] if len(runs) == 1 else args.run,

@@ -13,6 +13,7 @@ sees the images as it was trained to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,12 @@ def drawing_groups(cfgs: list) -> list[int]:
     seen: dict[tuple, int] = {}
     drawing = [tuple(cfg.to_dict()["task"].get(key) for key in DRAWING_KEYS) for cfg in cfgs]
     return [seen.setdefault(d, len(seen)) for d in drawing]
+
+
+def eval_chunk(cfgs: list) -> int:
+    """The ``train.eval_chunk`` an ensemble is scored with: the smallest of its runs' (0, a whole draw,
+    counts as the largest), so a member that needs small chunks to fit in memory gets them."""
+    return min((cfg.train.eval_chunk for cfg in cfgs), key=lambda c: c or math.inf)
 
 
 @dataclass
