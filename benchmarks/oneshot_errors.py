@@ -1,5 +1,7 @@
 """Where a one-shot network errs on Lake's challenge: error rate by how much a trial's support and
-query drawings differ in size on the 105-px canvas (the longer side of their strokes' bounding box).
+query drawings differ in size on the 105-px canvas (the longer side of their strokes' bounding box),
+and where the right character ranks among the 20 candidates (so how much a better judge of the
+first few candidates could gain).
 
 With ``task.crop=ink`` every drawing is scaled to fill the image, so a size difference becomes a
 stroke-width difference; this measures whether that costs errors. Scores each trial by itself
@@ -37,11 +39,13 @@ def main() -> None:
     data = tasks.dataset  # eval_rotate=false: class c is character c, image c * 20 + d its drawing d
     side = ink_sides(omniglot_dir(args.data_dir) / "images_evaluation.zip", data.class_names).flatten()
     gen = torch.Generator().manual_seed(12345)
-    wrong, ratio = [], []
+    wrong, ratio, ranks = [], [], []
     with torch.no_grad():
         for n in draws(args.episodes, 10):
             s_ids, s_y, q_ids, q_y = tasks.sample_indices(n, gen)
-            pred = learner.adapt(data.images[s_ids].float() / 255, s_y)(data.images[q_ids].float() / 255).argmax(-1)
+            logits = learner.adapt(data.images[s_ids].float() / 255, s_y)(data.images[q_ids].float() / 255)
+            pred = logits.argmax(-1)
+            ranks.append((logits > logits.gather(-1, q_y[..., None])).sum(-1).flatten() + 1)  # 1: the right one on top
             for t in range(len(s_ids)):
                 support_of = dict(zip(s_y[t].tolist(), s_ids[t].tolist()))
                 for i, y, guess in zip(q_ids[t].tolist(), q_y[t].tolist(), pred[t].tolist()):
@@ -51,9 +55,12 @@ def main() -> None:
     print(f"{len(wrong)} trials, {100 * wrong.mean():.2f}% error")
     edges = np.quantile(ratio, [0, 0.25, 0.5, 0.75, 1])
     for q, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        m = (ratio >= lo) & (ratio <= hi)
+        m = (ratio >= lo) & ((ratio < hi) | (q == 3))  # half-open, so a trial on an edge counts once
         print(f"quartile {q + 1} of the size ratio (x{np.exp(lo):.2f}-x{np.exp(hi):.2f}): "
               f"{100 * wrong[m].mean():.2f}% error over {m.sum()} trials")
+    ranks = torch.cat(ranks)
+    print("the right character among the first k candidates: " + ", ".join(
+        f"k={k} {100 * (ranks <= k).double().mean():.2f}%" for k in (1, 2, 3, 5)))
 
 
 if __name__ == "__main__":
