@@ -125,14 +125,12 @@ def test_cli_evaluates_runs_alone_and_as_an_ensemble(tmp_path, shared_data, omni
 def test_runs_trained_at_other_image_sizes_are_scored_on_the_same_tasks(tmp_path, shared_data, omniglot_cache, capsys):
     sets = [*SMALL_SETS(shared_data, omniglot_cache), "train.iterations=3", "train.eval_tasks=4", "train.test_tasks=4",
             "model.channels=8", "model.blocks=3"]
-    runs = {}
-    for size, crop in ((14, "none"), (16, "ink"), (14, "none")):
-        runs[f"{size}{crop}{len(runs)}"] = run = str(tmp_path / f"run{len(runs)}")
+    names = [str(tmp_path / f"run{i}") for i in range(3)]
+    for run, size, crop, seed in zip(names, (14, 16, 14), ("none", "ink", "none"), range(3)):
         argv = ["train", "--preset", "protonet-quick", "--out", run, "--quiet", "--set", f"task.image_size={size}",
-                "--set", f"task.crop={crop}", "--set", f"train.seed={len(runs)}"]
+                "--set", f"task.crop={crop}", "--set", f"train.seed={seed}"]
         assert main([*argv, *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
-    names = list(runs.values())
 
     assert main(["eval", *names, "--episodes", "20", "--json"]) == 0
     scores = {r["setting"]: r["mean"] for r in json.loads(capsys.readouterr().out)["results"]}

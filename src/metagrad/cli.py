@@ -96,12 +96,12 @@ def cmd_eval(args) -> int:
 
     runs = [load_run(run, list(args.set or [])) for run in args.run]
     cfgs = [_with_data_dir(c, args) for c, _, _ in runs]
-    cfg, learner, drawing, chunk = cfgs[0], runs[0][1], [0], cfgs[0].train.eval_chunk
-    if len(runs) > 1:  # an ensemble: the tasks of the first run, every member scored on them
-        from .ensemble import Ensemble, SameEpisodes, check_members, drawing_groups, eval_chunk
+    from .ensemble import Ensemble, SameEpisodes, check_members, drawing_groups, eval_chunk
 
+    cfg, learner = cfgs[0], runs[0][1]
+    drawing, chunk = drawing_groups(cfgs), eval_chunk(cfgs)  # one run: [0] and its own chunk
+    if len(runs) > 1:  # an ensemble: the tasks of the first run, every member scored on them
         check_members(args.run, cfgs, [m for _, m, _ in runs])
-        drawing, chunk = drawing_groups(cfgs), eval_chunk(cfgs)
         learner = Ensemble(args.run, [m for _, m, _ in runs], drawing)
     # one source per way of drawing the images (e.g. 32 and 64 px members): the same tasks, each drawn as its member was trained
     sources = [build_task(cfgs[drawing.index(d)], args.split) for d in range(max(drawing) + 1)]

@@ -93,8 +93,6 @@ class SameEpisodes:
     as one :class:`Drawings`. It raises DataError unless all of them drew the same labels and
     used the same random numbers (so the same tasks)."""
 
-    kind = "classification"
-
     def __init__(self, sources: list):
         views = {getattr(s, "query_views", 1) for s in sources}
         if len(views) > 1:
