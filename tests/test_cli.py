@@ -1,5 +1,7 @@
 """The command line as a user runs it: happy paths, every bad input, interruption and resume."""
 
+import importlib
+import itertools
 import json
 import os
 import re
@@ -367,6 +369,23 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
     assert "mse" not in rows[0]  # a regression's mse is its loss: shown once
     # the final test of 10 tasks takes under QUIET_S seconds, so it leaves no progress lines either
     assert "  evaluating: " not in err
+
+
+def test_off_a_terminal_each_row_gives_its_interval_speed_and_the_time_left(tmp_path, capsys, monkeypatch):
+    readings, t = [], 0.0  # perf_counter is read before and after each meta-step: the first takes 30 s
+    for seconds in [30.0] + [0.5] * 39:  # (as a compiled step does), every other one 0.5 s
+        readings, t = readings + [t, t + seconds], t + seconds
+    clock = itertools.chain(readings, itertools.count(t))
+    train_module = importlib.import_module("metagrad.train")
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(time=time.time, perf_counter=lambda: next(clock)))
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--set", "train.iterations=40",
+                           "--set", "train.log_every=10", "--set", "train.eval_every=0", "--set", "train.test_tasks=10")
+    assert code == 0, err
+    rows = [line for line in err.splitlines() if line.startswith("  iteration ")]
+    # 10 steps in 34.5 s, then 10 in 5 s: the rate of each interval, not of the run so far (20 / 39.5 s)
+    assert rows[0].endswith("(0.29 it/s, about 2 min left)"), rows[0]
+    assert rows[1].endswith("(2 it/s, about 10 s left)"), rows[1]
+    assert rows[3].endswith("(2 it/s)"), rows[3]  # done: no time left to give
 
 
 def test_off_a_terminal_an_evaluation_says_how_far_it_got_once_it_runs_for_seconds(monkeypatch, capsys):

@@ -97,6 +97,15 @@ class StopNow(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def duration_text(seconds: float) -> str:
+    """A rough duration for a progress line: '40 s', '12 min', '3.4 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @contextmanager
 def stop_at_iteration_end(log=print):
     """Make Ctrl-C (SIGINT) and SIGTERM (e.g. a scheduler stopping the job) a request to stop
@@ -281,7 +290,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                unit="it", dynamic_ncols=True)
     say = (lambda text: bar.write(text, file=sys.stderr)) if not bar.disable else log
     done, step_seconds = start, 0.0  # step_seconds: this segment's meta-steps alone (no validation)
-    logged = start  # the iteration of the last train log row (a resume starts a shorter window)
+    logged, logged_seconds = start, 0.0  # the last train log row's iteration and step_seconds then
     try:
         with stop_at_iteration_end(main_log) as stop_requested:
             running: dict[str, torch.Tensor] = {}  # sums of this rank's stats; tensors until a log step
@@ -299,6 +308,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                 bar.update(1)
                 if done % tc.log_every == 0 or done == tc.iterations:
                     n, logged = done - logged, done
+                    window, logged_seconds = step_seconds - logged_seconds, step_seconds
                     keys = sorted(running)
                     # mean over iterations and over the whole meta-batch (ranks weighted by their tasks)
                     sums = all_reduce_sum(torch.stack([running[k] for k in keys]) * (local / tc.meta_batch), ctx)
@@ -309,10 +319,12 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, p
                         logger.log(done, "train", {**values, "lr": scheduler.get_last_lr()[0]})
                         shown = {k: f"{v:.3g}" for k, v in values.items() if k == "loss" or v != values.get("loss")}
                         bar.set_postfix(shown)  # (a regression's mse is its loss: shown once)
-                        if progress and bar.disable:
-                            rate = (done - start) / step_seconds if step_seconds else 0.0
+                        if progress and bar.disable:  # the speed of this log interval, not of the segment,
+                            rate = n / window if window else 0.0  # so a first compiled step fades from it
+                            left = (f", about {duration_text((tc.iterations - done) / rate)} left"
+                                    if rate and done < tc.iterations else "")
                             say(f"  iteration {done}/{tc.iterations}: " + ", ".join(f"{k} {v}" for k, v in shown.items())
-                                + f" ({rate:.3g} it/s)")
+                                + f" ({rate:.3g} it/s{left})")
                 if tc.eval_every and done % tc.eval_every == 0 and done < tc.iterations:
                     validate(done)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
