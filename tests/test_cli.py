@@ -372,9 +372,11 @@ def test_off_a_terminal_progress_is_one_line_per_log_interval(tmp_path, capsys):
 
 
 def test_off_a_terminal_each_row_gives_its_interval_speed_and_the_time_left(tmp_path, capsys, monkeypatch):
-    readings, t = [], 0.0  # perf_counter is read before and after each meta-step: the first takes 30 s
-    for seconds in [30.0] + [0.5] * 39:  # (as a compiled step does), every other one 0.5 s
-        readings, t = readings + [t, t + seconds], t + seconds
+    # perf_counter is read before and after each meta-step: the first takes 30 s (as a compiled
+    readings, t = [], 0.0  # step does), every other one 0.5 s
+    for seconds in [30.0] + [0.5] * 39:
+        readings += [t, t + seconds]
+        t += seconds
     clock = itertools.chain(readings, itertools.count(t))
     train_module = importlib.import_module("metagrad.train")
     monkeypatch.setattr(train_module, "time", SimpleNamespace(time=time.time, perf_counter=lambda: next(clock)))
